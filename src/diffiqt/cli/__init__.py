@@ -1,0 +1,46 @@
+"""Command-line interface: ``diffiqt simulate | demo | model-info | ...``.
+
+Each command lives in its own module and registers on :data:`app`. Heavy imports
+(torch, nilearn) happen inside commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from diffiqt.cli.app import app
+# Command modules register themselves on `app` when imported.
+from diffiqt.errors import DiffiqtError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2.
+
+    Set DIFFIQT_DEBUG=1 to see the full traceback of unexpected errors.
+    """
+    try:
+        app(standalone_mode=False)
+    except DiffiqtError as exc:
+        print(f"diffiqt: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("diffiqt: interrupted; no output was written for the unfinished item", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            print("diffiqt: aborted", file=sys.stderr)
+            sys.exit(130)
+        if os.environ.get("DIFFIQT_DEBUG"):
+            raise
+        print(f"diffiqt: internal error: {type(exc).__name__}: {exc} (set DIFFIQT_DEBUG=1 for details)", file=sys.stderr)
+        sys.exit(1)

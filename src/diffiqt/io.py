@@ -1,0 +1,241 @@
+"""NIfTI/MGZ input and output around one small type, :class:`Volume`.
+
+Every volume is held in RAS+ canonical orientation as float32 (see
+:func:`load_volume`). A volume remembers the file it came from, so that
+:func:`save_volume` can put a result on the same grid back into the input's
+own orientation and header (qform/sform codes included).
+Outputs are written atomically: a temporary file in the target folder, then a rename.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from diffiqt.errors import InputError, OutputError
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a volume came from: its file, header and orientation on disk."""
+
+    path: Path
+    header: nib.spatialimages.SpatialHeader
+    affine: np.ndarray  # the on-disk voxel-to-world affine
+    shape: tuple[int, int, int]  # the on-disk 3D shape
+
+
+@dataclass
+class Volume:
+    """A 3D float32 image and its voxel-to-world (RAS+ mm) affine.
+
+    ``data`` is indexed [i, j, k]; ``affine`` maps (i, j, k, 1) to world millimetres.
+    ``source`` is set for volumes read from disk and kept by :meth:`with_data`.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source: Source | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data, dtype=np.float32)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be 3D, got shape {self.data.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        """Voxel edge lengths in mm along i, j, k."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    def with_data(self, data: np.ndarray) -> "Volume":
+        """The same grid (affine, source) holding other data of the same shape."""
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"shape {data.shape} does not match the grid {self.shape}")
+        return replace(self, data=data)
+
+    def world_to_voxel(self, xyz) -> np.ndarray:
+        """Continuous voxel coordinates of world points (..., 3)."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        inv = np.linalg.inv(self.affine)
+        return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+    def voxel_to_world(self, ijk) -> np.ndarray:
+        """World coordinates (mm) of voxel coordinates (..., 3)."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def has_image_suffix(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def _read_image(path: Path):
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if not has_image_suffix(path):
+        raise InputError(f"{path}: not a NIfTI or MGZ file (expected {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        img = nib.load(str(path))
+        data = _as_3d_shape(img.shape, path) and img.get_fdata(dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot be read as NIfTI/MGZ ({reason})") from None
+    return img, data
+
+
+def _as_3d_shape(shape: tuple[int, ...], path: Path) -> bool:
+    """Check, before reading any voxel, that the image is one 3D volume (or 4D with one)."""
+    shape = tuple(int(s) for s in shape)
+    if 0 in shape:
+        raise InputError(f"{path}: the image is empty (shape {shape})")
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 4:
+        raise InputError(f"{path}: 4D image with {shape[3]} volumes; give one 3D volume")
+    if len(shape) != 3:
+        raise InputError(f"{path}: a {len(shape)}D image; a 3D volume is needed (shape {shape})")
+    if min(shape) < 2:
+        raise InputError(f"{path}: a single-slice image (shape {shape}); a 3D volume is needed")
+    return True
+
+
+def check_finite_nonempty(data: np.ndarray, where: str) -> None:
+    """Refuse NaN/Inf voxels and images with no signal: both would poison every later step."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(f"{where}: {int(bad.sum())} voxels are NaN or Inf")
+    if not np.any(data):
+        raise InputError(f"{where}: every voxel is zero")
+
+
+def load_volume(path: str | os.PathLike, *, check_content: bool = True) -> Volume:
+    """Read a 3D NIfTI/MGZ into RAS+ canonical orientation as float32.
+
+    A trailing singleton 4th dimension is dropped. Raises :class:`InputError`
+    for a missing or unreadable file, a 2D/4D image, and (if ``check_content``)
+    NaN/Inf voxels or an all-zero image.
+    """
+    path = Path(path)
+    img, data = _read_image(path)  # scaled by the header's slope/intercept
+    data = data.reshape(data.shape[:3])  # drop a trailing singleton 4th dimension
+    if check_content:
+        check_finite_nonempty(data, str(path))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    source = Source(path=path.resolve(), header=img.header.copy(), affine=affine.copy(), shape=data.shape)
+    ornt = nib.orientations.io_orientation(affine)
+    canonical = nib.orientations.apply_orientation(data, ornt)
+    canonical_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    return Volume(np.ascontiguousarray(canonical), canonical_affine, source)
+
+
+def _on_source_grid(volume: Volume) -> bool:
+    """Is ``volume`` on the (reoriented) grid of the file it came from?"""
+    src = volume.source
+    if src is None:
+        return False
+    ornt = nib.orientations.io_orientation(src.affine)
+    expected = src.affine @ nib.orientations.inv_ornt_aff(ornt, src.shape)
+    return volume.shape == _canonical_shape(src) and np.allclose(volume.affine, expected)
+
+
+def _canonical_shape(src: Source) -> tuple[int, ...]:
+    ornt = nib.orientations.io_orientation(src.affine)
+    shape = [0, 0, 0]
+    for in_axis, (out_axis, _) in enumerate(ornt):
+        shape[int(out_axis)] = int(src.shape[in_axis])
+    return tuple(shape)
+
+
+def check_output_path(out: str | os.PathLike, inputs=()) -> Path:
+    """Validate an output path before any work: right suffix, writable folder, not an input."""
+    out = Path(out)
+    if not has_image_suffix(out):
+        raise OutputError(f"{out}: output must end in {', '.join(IMAGE_SUFFIXES)}")
+    resolved = out.resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == resolved:
+            raise OutputError(f"{out}: output path is the input file; refusing to overwrite it")
+    folder = resolved.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: not a folder")
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: folder is not writable")
+    return out
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
+    """Write ``volume`` atomically as NIfTI (or MGZ by suffix).
+
+    If the volume is on the grid of the file it was read from, the data are put
+    back into that file's orientation and written with its affine and header, so
+    a round trip is exact. Otherwise it is written in RAS+ with its own affine
+    (qform and sform both set, codes taken from the source header if any).
+    ``inputs`` are paths the output must not overwrite.
+    """
+    path = check_output_path(path, inputs)
+    try:
+        if volume.source is not None and _on_source_grid(volume):
+            src = volume.source
+            ornt = nib.orientations.io_orientation(src.affine)
+            back = nib.orientations.apply_orientation(volume.data, nib.orientations.invert_ornt(ornt))
+            data, affine, header = np.ascontiguousarray(back), src.affine, src.header.copy()
+        else:
+            data, affine = volume.data, volume.affine
+            header = volume.source.header.copy() if volume.source is not None else None
+        img = _make_image(path, data, affine, header)
+        atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
+
+
+def _make_image(path: Path, data: np.ndarray, affine: np.ndarray, header):
+    data = np.asarray(data, dtype=np.float32)
+    if path.name.lower().endswith((".mgz", ".mgh")):
+        return nib.MGHImage(data, affine)
+    if isinstance(header, nib.Nifti1Header):
+        hdr = header.copy()
+        hdr.set_data_dtype(np.float32)
+        hdr.set_data_shape(data.shape)
+        img = nib.Nifti1Image(data, affine, hdr)
+        qcode = int(hdr["qform_code"]) or 1
+        scode = int(hdr["sform_code"]) or 1
+    else:
+        img = nib.Nifti1Image(data, affine)
+        qcode = scode = 1  # scanner-anatomical
+    img.set_qform(affine, code=qcode)
+    img.set_sform(affine, code=scode)
+    img.header.set_slope_inter(1.0, 0.0)
+    return img
