@@ -22,6 +22,7 @@ import numpy as np
 from diffiqt.errors import InputError, OutputError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
+RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ class Volume:
         if tuple(data.shape) != self.shape:
             raise ValueError(f"shape {data.shape} does not match the grid {self.shape}")
         return replace(self, data=data)
+
+    def crop(self, lower, upper) -> "Volume":
+        """The sub-volume [lower, upper) in voxels, with its affine shifted to keep world positions."""
+        lower, upper = np.asarray(lower, dtype=int), np.asarray(upper, dtype=int)
+        data = self.data[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
+        affine = self.affine.copy()
+        affine[:3, 3] = self.voxel_to_world(lower)
+        return Volume(np.ascontiguousarray(data), affine)
 
     def world_to_voxel(self, xyz) -> np.ndarray:
         """Continuous voxel coordinates of world points (..., 3)."""
@@ -181,6 +190,37 @@ def check_output_path(out: str | os.PathLike, inputs=()) -> Path:
     return out
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+class OutputGroup:
+    """Outputs that stand or fall together: if the block fails, files it wrote are removed.
+
+    Use as ``with OutputGroup() as group: group.add(save_volume(...))``.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def add(self, path: Path) -> Path:
+        self.paths.append(Path(path))
+        return path
+
+    def __enter__(self) -> "OutputGroup":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for path in self.paths:
+                path.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +229,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -209,7 +250,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
         if volume.source is not None and _on_source_grid(volume):
             src = volume.source
             ornt = nib.orientations.io_orientation(src.affine)
-            back = nib.orientations.apply_orientation(volume.data, nib.orientations.invert_ornt(ornt))
+            back = nib.orientations.apply_orientation(volume.data, nib.orientations.ornt_transform(RAS, ornt))
             data, affine, header = np.ascontiguousarray(back), src.affine, src.header.copy()
         else:
             data, affine = volume.data, volume.affine
@@ -239,3 +280,42 @@ def _make_image(path: Path, data: np.ndarray, affine: np.ndarray, header):
     img.set_sform(affine, code=scode)
     img.header.set_slope_inter(1.0, 0.0)
     return img
+
+
+def split_image_name(path: str | os.PathLike) -> tuple[str, str]:
+    """('brain', '.nii.gz') for 'dir/brain.nii.gz'; the suffix defaults to '.nii.gz' if unknown."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ".nii.gz"
+
+
+def sibling_path(path: str | os.PathLike, tag: str, suffix: str | None = None) -> Path:
+    """'out.nii.gz' + tag '_std' -> 'out_std.nii.gz'; with ``suffix`` ('.json') the image suffix is replaced."""
+    path = Path(path)
+    stem, ext = split_image_name(path)
+    return path.with_name(f"{stem}{tag}{suffix if suffix is not None else ext}")
+
+
+def save_json(obj, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    import json
+
+    path = Path(path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

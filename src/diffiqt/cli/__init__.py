@@ -11,6 +11,7 @@ import sys
 
 from diffiqt.cli.app import app
 # Command modules register themselves on `app` when imported.
+from diffiqt.cli import simulate as _simulate  # noqa: F401
 from diffiqt.errors import DiffiqtError
 
 __all__ = ["app", "main"]
@@ -19,27 +20,15 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2.
 
+    Usage errors and Ctrl-C are reported by typer/click itself (exit 2 and 1).
     Set DIFFIQT_DEBUG=1 to see the full traceback of unexpected errors.
     """
     try:
-        app(standalone_mode=False)
+        app()
     except DiffiqtError as exc:
         print(f"diffiqt: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("diffiqt: interrupted; no output was written for the unfinished item", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
     except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            print("diffiqt: aborted", file=sys.stderr)
-            sys.exit(130)
         if os.environ.get("DIFFIQT_DEBUG"):
             raise
         print(f"diffiqt: internal error: {type(exc).__name__}: {exc} (set DIFFIQT_DEBUG=1 for details)", file=sys.stderr)

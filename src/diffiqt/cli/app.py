@@ -14,3 +14,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from diffiqt import __version__
+
+        typer.echo(f"diffiqt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Low-field brain MRI enhancement with a 3D conditional diffusion model (DiffusionIQT)."""

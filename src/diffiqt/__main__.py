@@ -1,0 +1,5 @@
+"""``python -m diffiqt`` runs the command-line interface."""
+
+from diffiqt.cli import main
+
+main()

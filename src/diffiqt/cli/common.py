@@ -1,0 +1,29 @@
+"""Small helpers shared by the command modules: progress bars and input resolution."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def progress() -> Progress:
+    """A rich progress bar on stderr (stdout stays clean for tables and JSON)."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def seed_for(seed: int, name: str) -> np.random.Generator:
+    """A generator that depends on the run's seed and one item's name, not on its position in a folder."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+def is_folder_job(path: Path) -> bool:
+    return path.is_dir()

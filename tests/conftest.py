@@ -1,0 +1,32 @@
+"""Shared fixtures: the real MNI152 brain (loaded once) and a CLI runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mni():
+    """The bundled MNI ICBM152 2009a T1w brain with GM/WM/CSF maps (real anatomy, 1 mm)."""
+    from diffiqt.datasets import mni152
+
+    return mni152()
+
+
+@pytest.fixture(scope="session")
+def mni_crop(mni):
+    """A central 96x112x104 crop of the MNI brain and its tissue maps: real anatomy, fast tests."""
+    from diffiqt.datasets import BrainSample, TissueMaps
+
+    lower, upper = (50, 60, 40), (146, 172, 144)
+    maps = {k: v.crop(lower, upper) for k, v in mni.tissues.as_dict().items()}
+    mask = mni.mask[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
+    return BrainSample("mni152-crop", mni.t1.crop(lower, upper), TissueMaps(**maps), mask, True)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m diffiqt ARGS`` as a user would and capture its output."""
+    return subprocess.run([sys.executable, "-m", "diffiqt", *map(str, args)], capture_output=True, text=True, timeout=timeout)
