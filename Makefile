@@ -7,7 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test test-all clean
 
 # torch is pinned and installed first: a local CPU wheel, never a CUDA build.
+# Debian's mricron-data brings the real whole-head Colin27 brain (optional: skipped without root/apt).
 $(STAMP): pyproject.toml
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then \
+		(apt-get install -y -q mricron-data >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q mricron-data >/dev/null 2>&1)) \
+		|| echo "note: could not install mricron-data; the Colin27 whole-head brain will not be available"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

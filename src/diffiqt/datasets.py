@@ -11,6 +11,18 @@ Bundled sources (nothing is downloaded at run time):
   Montreal Neurological Institute, McGill University; free use, copy and
   distribution with the copyright notice (see docs/data.md).
 
+* ``colin27`` (whole head) and ``colin27-brain`` (skull-stripped): the Colin27
+  single-subject T1w (one person scanned 27 times and averaged; Holmes et al.
+  1998), 1 mm, 181x217x181, as shipped by Debian's ``mricron-data`` package in
+  ``/usr/share/mricron/templates/ch2.nii.gz`` and ``ch2bet.nii.gz`` (package
+  licence BSD-3-Clause; the image is MNI's, freely redistributable). It is the
+  only real *whole-head* 1 mm T1w found in the registries reachable offline, and
+  real low-field scans are not skull-stripped. No tissue maps ship with it: they
+  are estimated on the skull-stripped copy (see :mod:`diffiqt.tissues`) and are
+  zero outside the brain, so the simulator keeps the scalp's own intensity.
+  ``make install`` installs the package where apt is available; without it these
+  two are simply not offered.
+
 A user folder holds HF volumes (``*.nii``, ``*.nii.gz``, ``*.mgz``); tissue maps
 may lie beside a volume named as FSL FAST writes them:
 ``<stem>_pve_0.nii.gz`` (CSF), ``<stem>_pve_1.nii.gz`` (GM), ``<stem>_pve_2.nii.gz`` (WM).
@@ -76,7 +88,49 @@ def mni152() -> BrainSample:
     return BrainSample("mni152", t1, TissueMaps(gm, wm, csf), mask, skull_stripped=True)
 
 
-BUNDLED = {"mni152": mni152}
+COLIN27_DIR = Path(os.environ.get("DIFFIQT_COLIN27_DIR", "/usr/share/mricron/templates"))
+
+
+def colin27_available() -> bool:
+    return (COLIN27_DIR / "ch2.nii.gz").is_file() and (COLIN27_DIR / "ch2bet.nii.gz").is_file()
+
+
+def _colin27_files() -> tuple[Path, Path]:
+    if not colin27_available():
+        raise InputError(f"Colin27 not found in {COLIN27_DIR}; install Debian's mricron-data (make install does)")
+    return COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"
+
+
+def _colin27_brain_and_maps() -> tuple[Volume, np.ndarray, TissueMaps]:
+    from diffiqt.tissues import gmm_tissue_maps
+
+    _, brain_path = _colin27_files()
+    brain = load_volume(brain_path)
+    brain_mask = intensity_mask(brain.data, skull_stripped=True)
+    maps = gmm_tissue_maps(brain.data, brain_mask, seed=0)
+    return brain, brain_mask, TissueMaps(**{k: brain.with_data(v) for k, v in maps.items()})
+
+
+def colin27() -> BrainSample:
+    """Colin27 whole-head T1w (skull and scalp present), tissue maps estimated inside the brain."""
+    head_path, _ = _colin27_files()
+    head = load_volume(head_path)
+    _, _, tissues = _colin27_brain_and_maps()
+    return BrainSample("colin27", head, tissues, intensity_mask(head.data, skull_stripped=False), skull_stripped=False)
+
+
+def colin27_brain() -> BrainSample:
+    """Colin27 skull-stripped T1w with estimated tissue maps."""
+    brain, brain_mask, tissues = _colin27_brain_and_maps()
+    return BrainSample("colin27-brain", brain, tissues, brain_mask, skull_stripped=True)
+
+
+BUNDLED = {"mni152": mni152, "colin27": colin27, "colin27-brain": colin27_brain}
+
+
+def available_bundled() -> list[str]:
+    """Names of the bundled brains present on this machine."""
+    return [name for name in BUNDLED if not name.startswith("colin27") or colin27_available()]
 
 
 def load_bundled(name: str) -> BrainSample:
