@@ -1,0 +1,89 @@
+"""Metrics against known values, on real anatomy where a known answer allows it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from diffiqt import metrics
+
+
+def test_psnr_of_known_gaussian_noise():
+    rng = np.random.default_rng(0)
+    target = rng.random((40, 40, 40)).astype(np.float32)
+    noisy = target + rng.normal(0, 0.01, target.shape).astype(np.float32)
+    assert metrics.psnr(noisy, target, 1.0) == pytest.approx(40.0, abs=0.05)  # 10*log10(1/1e-4)
+    assert metrics.psnr(target, target, 1.0) == float("inf")
+
+
+def test_psnr_inside_a_mask_ignores_outside_errors():
+    target = np.zeros((10, 10, 10), np.float32)
+    pred = target.copy()
+    pred[:5] = 1.0
+    mask = np.zeros_like(target, bool)
+    mask[5:] = True
+    assert metrics.psnr(pred, target, 1.0, mask) == float("inf")
+
+
+def test_ssim_is_one_for_identical_and_lower_for_blurred(mni_crop):
+    t = mni_crop.t1.data / mni_crop.t1.data.max()
+    assert metrics.ssim3d(t, t, 1.0) == pytest.approx(1.0, abs=1e-6)
+    blurred = ndimage.gaussian_filter(t, 1.5)
+    more_blurred = ndimage.gaussian_filter(t, 3.0)
+    s1, s2 = metrics.ssim3d(blurred, t, 1.0), metrics.ssim3d(more_blurred, t, 1.0)
+    assert 1.0 > s1 > s2
+
+
+def test_ms_ssim_needs_a_large_enough_volume(mni):
+    t = metrics.min_max(metrics.central_region(mni.t1.data))
+    assert t.shape == (192, 192, 192)
+    assert metrics.ms_ssim3d(t, t, 1.0) == pytest.approx(1.0, abs=1e-5)
+    assert metrics.ms_ssim3d(t[:90, :90, :90], t[:90, :90, :90], 1.0) is None
+
+
+def test_dice_and_iou_of_known_masks():
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[:4], b[2:6] = True, True  # 400 voxels each, 200 shared
+    assert metrics.dice(a, b) == pytest.approx(0.5)
+    assert metrics.iou(a, b) == pytest.approx(200 / 600)
+
+
+def test_segmentation_agreement_is_perfect_for_the_target_and_drops_with_blur(mni_crop):
+    t, mask = mni_crop.t1.data, mni_crop.mask
+    same = metrics.segmentation_agreement(t, t, mask)
+    assert same["seg_miou"] == pytest.approx(1.0)
+    blurred = metrics.segmentation_agreement(ndimage.gaussian_filter(t, 2.0), t, mask)
+    assert blurred["seg_miou"] < 0.9
+
+
+def test_evaluate_reports_both_protocols(mni_crop):
+    t, mask = mni_crop.t1.data, mni_crop.mask
+    noisy = t + np.random.default_rng(0).normal(0, 5, t.shape).astype(np.float32)
+    scores = metrics.evaluate(noisy, t, mask)
+    for key in ("psnr", "ssim", "paper_psnr", "paper_ms_ssim", "dice_wm", "seg_miou"):
+        assert key in scores
+    assert scores["paper_lpips"] is None  # no LPIPS weights offline
+    assert 20 < scores["psnr"] < 60
+
+
+def test_evaluate_command_writes_table_files(tmp_path, mni_crop):
+    import json
+
+    import nibabel as nib
+
+    from conftest import run_cli
+
+    t1 = mni_crop.t1
+    nib.save(nib.Nifti1Image(t1.data, t1.affine), tmp_path / "target.nii.gz")
+    nib.save(nib.Nifti1Image(ndimage.gaussian_filter(t1.data, 1.0), t1.affine), tmp_path / "pred.nii.gz")
+    result = run_cli("evaluate", "--pred", tmp_path / "pred.nii.gz", "--target", tmp_path / "target.nii.gz",
+                     "--json", tmp_path / "s.json", "--csv", tmp_path / "s.csv", "--png", tmp_path / "e.png", "--no-segmentation")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert rows[0]["psnr"] > 20 and rows[0]["ms_ssim"] is None  # the 96x112x104 crop is too small for MS-SSIM
+    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("pred,target,psnr")
+    assert (tmp_path / "e.png").stat().st_size > 0
+    mixed = run_cli("evaluate", "--pred", tmp_path, "--target", tmp_path / "target.nii.gz")
+    assert mixed.returncode == 2 and "both be files or both be folders" in mixed.stderr
