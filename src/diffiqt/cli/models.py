@@ -1,0 +1,65 @@
+"""``diffiqt model-info``: what each network is, its parameter count and its FLOPs per patch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from diffiqt.cli.app import app
+
+
+def _facts(name: str) -> dict[str, str]:
+    """Printable facts about the network ``name``, measured on the meta device (no memory, no compute)."""
+    import torch
+
+    from diffiqt import nets
+
+    with torch.device("meta"):
+        net = nets.build_network(name)
+    paper = nets.paper_parameters_m(name)
+    return {
+        "network": name,
+        "what": nets.network_summary(name),
+        "params": f"{nets.count_parameters(net) / 1e6:.1f}M",
+        "paper": "-" if paper is None else f"{paper:.1f}M",
+        "GFLOP": f"{nets.count_flops(net) / 1e9:.1f}",
+        "inputs": "LF, x_t, logSNR" if net.needs_time else "LF",
+        "x-batch": "yes" if net.cross_batch else "no",
+        "halo vx": str(net.receptive_field),
+    }
+
+
+@app.command("model-info")
+def model_info(
+    name: Annotated[
+        str | None, typer.Argument(help="A network name; leave out to list every network.", show_default=False)
+    ] = None,
+) -> None:
+    """Print a network's parameter count and FLOPs per 32³ patch (convolutions and matrix products)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffiqt.nets import list_networks
+
+    console = Console()
+    if name is not None:
+        for key, value in _facts(name).items():
+            console.print(f"{key:>8}  {value}")
+        return
+    rows = [_facts(n) for n in list_networks()]
+    table = Table(
+        title="diffiqt networks",
+        caption=(
+            "paper: count in Kim et al. 2023 · GFLOP: forward pass on one 32³ patch · x-batch: cross-batch "
+            "mechanism · halo: receptive field · `diffiqt model-info NAME` for inputs and a description"
+        ),
+        box=box.SIMPLE_HEAD,
+    )
+    columns = [c for c in rows[0] if c not in ("what", "inputs")]  # `model-info NAME` gives them
+    for column in columns:
+        table.add_column(column, justify="left" if column == "network" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    console.print(table)

@@ -1,0 +1,201 @@
+"""The DiffusionIQT network (paper §2.2, Appendix A.1): x̂ = net([LF, x_t], logsnr).
+
+Encoder: per level a cross-batch transformer block (fused with a skip) and time-conditioned ResNet
+blocks; channel-shuffle downsampling between levels. Bottleneck: the deep-feature module. Decoder:
+channel-shuffle upsampling, concatenation with the encoder's features, ResNet blocks; no attention.
+No diffusion logic lives here: the caller supplies the log-SNR and reads x̂.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffiqt.nets.blocks import (
+    ChannelNorm,
+    ChannelShuffleDown,
+    ChannelShuffleUp,
+    DeepFeatureModule,
+    InputConv,
+    LogSNREmbedding,
+    PointwiseConv,
+    ResBlock,
+    TransformerBlock,
+)
+from diffiqt.nets.crossbatch import BLOCK_GRID, block_to_patches, halo_of_path, pad_to_multiple, patches_to_block
+
+
+class EncoderLevel(nn.Module):
+    """Optional transformer block, then ResNet blocks: [B, C, D, H, W], time [B, T] -> same."""
+
+    def __init__(self, channels: int, blocks: int, time_dim: int, attention: TransformerBlock | None):
+        super().__init__()
+        self.attention = attention
+        self.blocks = nn.ModuleList(ResBlock(channels, channels, time_dim) for _ in range(blocks))
+
+    def forward(self, x: Tensor, time: Tensor) -> Tensor:
+        if self.attention is not None:
+            x = self.attention(x)
+        for block in self.blocks:
+            x = block(x, time)
+        return x
+
+
+class DecoderLevel(nn.Module):
+    """ResNet blocks on [features, skip]: [B, Cin, D, H, W], time [B, T] -> [B, C, D, H, W]."""
+
+    def __init__(self, in_channels: int, channels: int, blocks: int, time_dim: int):
+        super().__init__()
+        widths = [in_channels] + [channels] * blocks
+        self.blocks = nn.ModuleList(ResBlock(i, o, time_dim) for i, o in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor, time: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x, time)
+        return x
+
+
+class DiffusionIQTNet(nn.Module):
+    """Predicts the clean image from [LF condition, noisy image] and the log-SNR.
+
+    forward(x [B, 2, D, H, W], logsnr [B], layout="volume") -> x̂ [B, 1, D, H, W]
+
+    layout="volume": any D, H, W; the volume is zero-padded at its far end to multiples of
+    ``patch_size`` and the output cropped back. With ``cross_batch`` it runs as one tensor (no seams);
+    without, it is cut into independent patches as in the ablation.
+    layout="patches": B = 27·Nb patches of ``patch_size``³, each group of 27 the 3×3×3 grid of one block in
+    the order of :mod:`diffiqt.nets.crossbatch`; all 27 must share one logsnr. With ``cross_batch`` the
+    blocks are reassembled so the patches see each other; without, each patch runs alone.
+    """
+
+    name = "diffiqt"
+    needs_time = True
+    in_channels = 2  # channel 0: low-field condition, channel 1: noisy image x_t
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (64, 64, 128),
+        res_blocks: int = 3,
+        attention: bool = True,
+        embed_dim: int = 512,
+        heads: int = 8,
+        tokens_per_axis: int = 2,
+        deep_feature: bool = True,
+        deep_feature_width: int = 256,
+        deep_feature_blocks: int = 1,
+        cross_batch: bool = True,
+        patch_size: int = 32,
+        time_dim: int = 256,
+    ):
+        super().__init__()
+        levels = len(widths)
+        if patch_size % (2 ** (levels - 1) * tokens_per_axis):
+            raise ValueError(f"patch_size {patch_size} does not fit {levels} levels of {tokens_per_axis}³ tokens")
+        self.widths = list(widths)
+        self.res_blocks = res_blocks
+        self.tokens_per_axis = tokens_per_axis
+        self.cross_batch = cross_batch
+        self.patch_size = patch_size
+        self.time_embedding = LogSNREmbedding(time_dim)
+        self.stem = InputConv(self.in_channels, widths[0])
+        self.encoder = nn.ModuleList(
+            EncoderLevel(
+                width,
+                res_blocks,
+                time_dim,
+                TransformerBlock(width, patch_size >> level, embed_dim, heads, tokens_per_axis) if attention else None,
+            )
+            for level, width in enumerate(widths)
+        )
+        self.down = nn.ModuleList(ChannelShuffleDown(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.deep_feature = (
+            DeepFeatureModule(widths[-1], deep_feature_width, time_dim, deep_feature_blocks) if deep_feature else None
+        )
+        self.up = nn.ModuleList(ChannelShuffleUp(b, a) for a, b in zip(widths[:-1], widths[1:]))
+        # The deepest level continues the bottleneck without a skip; the others concatenate the encoder's.
+        self.decoder = nn.ModuleList(
+            DecoderLevel(width * (1 if level == levels - 1 else 2), width, res_blocks, time_dim)
+            for level, width in enumerate(widths)
+        )
+        self.head = nn.Sequential(ChannelNorm(widths[0]), nn.Mish(), PointwiseConv(widths[0], 1))
+
+    def forward(self, x: Tensor, logsnr: Tensor, layout: str = "volume") -> Tensor:
+        logsnr = logsnr.reshape(-1).expand(x.shape[0])
+        if layout == "patches":
+            return self._forward_patches(x, logsnr)
+        if layout != "volume":
+            raise ValueError(f"layout must be 'volume' or 'patches', not {layout!r}")
+        padded, crop = pad_to_multiple(x, self.patch_size)
+        if self.cross_batch:
+            return self._forward_blocks(padded, logsnr)[crop]
+        grid = tuple(n // self.patch_size for n in padded.shape[2:])
+        patches = block_to_patches(padded, self.patch_size)
+        out = self._forward_blocks(patches, logsnr.repeat_interleave(math.prod(grid)))
+        return patches_to_block(out, grid)[crop]
+
+    def _forward_patches(self, patches: Tensor, logsnr: Tensor) -> Tensor:
+        """[27·Nb, 2, p, p, p], logsnr [27·Nb] -> [27·Nb, 1, p, p, p]."""
+        if patches.shape[2:] != (self.patch_size,) * 3:
+            raise ValueError(f"patches must be {self.patch_size}³, not {tuple(patches.shape[2:])}")
+        if not self.cross_batch:
+            return self._forward_blocks(patches, logsnr)
+        blocks = patches_to_block(patches, BLOCK_GRID)
+        block_logsnr = logsnr.reshape(len(blocks), -1)
+        if not torch.equal(block_logsnr, block_logsnr[:, :1].expand_as(block_logsnr)):
+            raise ValueError("the 27 patches of a block must share one logsnr in cross-batch training")
+        return block_to_patches(self._forward_blocks(blocks, block_logsnr[:, 0]), self.patch_size)
+
+    def _forward_blocks(self, x: Tensor, logsnr: Tensor) -> Tensor:
+        """The network proper on grid-aligned tensors: [B, 2, D, H, W] (multiples of patch_size) -> [B, 1, D, H, W]."""
+        time = F.mish(self.time_embedding(logsnr))
+        h = self.stem(x)
+        skips = []
+        for level, encoder in enumerate(self.encoder):
+            if level:
+                h = self.down[level - 1](h)
+            h = encoder(h, time)
+            skips.append(h)
+        if self.deep_feature is not None:
+            h = self.deep_feature(h, time)
+        for level in reversed(range(len(self.decoder))):
+            if level < len(self.decoder) - 1:
+                h = torch.cat([self.up[level](h), skips[level]], dim=1)
+            h = self.decoder[level](h, time)
+        return self.head(h)
+
+    @property
+    def receptive_field(self) -> int:
+        """A safe halo in input voxels: the output at a voxel depends on no input farther away (per axis).
+
+        Chunks of a large volume give exact results if they start at multiples of ``patch_size`` and
+        carry this halo on each side. Without cross-batch every patch is computed alone, so nothing
+        reaches past its own patch.
+        """
+        reach = halo_of_path(self._halo_steps())
+        return reach if self.cross_batch else min(reach, self.patch_size - 1)
+
+    def _halo_steps(self) -> list:
+        """The longest input-to-output path as :func:`halo_of_path` steps."""
+        levels = len(self.widths)
+        level_convs = 2 * self.res_blocks  # two 3³ convs per ResNet block
+        steps: list = [1]  # stem
+        for level in range(levels):
+            if level:
+                steps.append("down")
+            attention = self.encoder[level].attention
+            if attention is not None:
+                # A voxel sees its cell's neighbours (±1 cell beyond its own) and their tokens' 3³ convs.
+                cell = self.patch_size >> level
+                steps.append(2 * cell + cell // self.tokens_per_axis - 1)
+            steps.append(level_convs)
+        if self.deep_feature is not None:
+            steps.extend(1 + block.dilation for block in self.deep_feature.blocks)
+        for level in reversed(range(levels)):
+            if level < levels - 1:
+                steps.append("up")
+            steps.append(level_convs)
+        return steps
