@@ -1,0 +1,250 @@
+"""Typed training configuration: dataclasses, presets, and JSON/TOML files on disk.
+
+A config file holds only what differs from the defaults below; it is merged
+onto them (or onto a preset) section by section, checked (unknown keys and
+wrong types are a :class:`ConfigError` naming the key), and the full resolved
+config is written as JSON into every run folder and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from diffiqt.errors import ConfigError, InputError
+
+
+@dataclass
+class NetworkConfig:
+    """Which network: a name from ``diffiqt.nets.list_networks()`` and keyword overrides."""
+
+    name: str = "small"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """torchio augmentation of the HF brain (and its tissue maps) before LF simulation."""
+
+    enabled: bool = True
+    degrees: float = 10.0  # random rotation, +- degrees about each axis
+    scales: float = 0.1  # random zoom factor in 1 +- scales
+    elastic_probability: float = 0.25  # elastic deformation is slow (~10 s per brain), so only sometimes
+    max_displacement_mm: float = 5.0
+    bias_coefficients: float = 0.3  # smooth multiplicative bias field (polynomial order 3)
+    log_gamma: float = 0.2  # gamma in exp(+- log_gamma)
+
+
+@dataclass
+class DataConfig:
+    """Where pairs come from and how blocks are cut (see docs/training.md, "Data pipeline")."""
+
+    sources: list[str] = field(default_factory=lambda: ["mni152"])  # bundled names, files or folders
+    val_sources: list[str] = field(default_factory=list)  # empty: hold out the anterior slab of each source
+    holdout_fraction: float = 0.35  # of the head's A-P extent, when val_sources is empty
+    crop: list[list[int]] | None = None  # [[x0, x1], [y0, y1], [z0, z1]] voxels, applied to every source
+    block_size: int = 96  # edge of a training block; 3 x the network's patch size in the patch layout
+    layout: str = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
+    lf_factor: float = 8.0  # decimation factor in the slice direction (paper: x8)
+    lf_axis: int = 2  # slice axis of the RAS+ volume (2: axial)
+    snr_wm: float | None = None  # None: drawn per simulation from the T1w prior (Lin et al. 2023)
+    snr_gm: float | None = None
+    pool_size: int = 4  # simulated (augmented) pairs held by each data worker
+    refresh_every: int = 8  # batches between replacing one pooled pair by a fresh simulation
+    num_workers: int = 1  # DataLoader worker processes (0: load in the training process)
+    val_blocks: int = 2  # fixed validation blocks per validation source
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999
+
+
+@dataclass
+class DiffusionConfig:
+    loss: str = "mse"  # "mse" (paper) or "l1"; also the loss of supervised baselines
+    sampler: str = "paper"  # used for validation and as enhancement's default
+    sample_steps: int = 20
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written in full to ``OUT/config.json``."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    steps: int = 10000
+    batch_size: int = 1  # blocks per step and process (27 patches each in the patch layout)
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1"
+    bf16: bool = True  # bf16 autocast, applied on CUDA only
+    log_every: int = 10
+    val_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a (partial) dict, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table/object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {_join(where, unknown[0])!r}; known: {', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        key = _join(where, name)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, key)
+        else:
+            values[name] = _checked(value, hint, key)
+    return cls(**values)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _checked(value, hint, key: str):
+    """``value`` if it has type ``hint`` (ints are accepted as floats), else a ConfigError."""
+    if _matches(value, hint):
+        return float(value) if hint is float else value
+    raise ConfigError(f"config key {key!r}: expected {_describe(hint)}, got {value!r}")
+
+
+def _matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` applied recursively (nested tables merge, other values replace)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: str | Path) -> dict:
+    """A JSON (.json) or TOML (.toml) config file as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not a valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} config ({reason})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object / TOML table")
+    return data
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``src/diffiqt/presets/*.json``)."""
+    folder = resources.files("diffiqt") / "presets"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def preset_dict(name: str) -> dict:
+    """The partial config of a bundled preset."""
+    if name not in list_presets():
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(list_presets())}")
+    return json.loads((resources.files("diffiqt") / "presets" / f"{name}.json").read_text())
+
+
+def parse_assignment(text: str) -> dict:
+    """'optim.lr=3e-4' -> {'optim': {'lr': 0.0003}}; the value is JSON, or a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    out: dict = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def resolve(preset: str | None = None, file: str | Path | None = None, assignments: tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the preset, then the file, then ``KEY=VALUE`` assignments, in that order."""
+    data = preset_dict(preset) if preset else {}
+    if file is not None:
+        data = merge(data, read_file(file))
+    for text in assignments:
+        data = merge(data, parse_assignment(text))
+    return from_dict(TrainConfig, data)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Checks that need more than types (ranges, names); returns ``cfg``."""
+    checks = [
+        (cfg.steps >= 0 and cfg.seed >= 0, "steps and seed must be >= 0"),
+        (cfg.batch_size >= 1, "batch_size must be >= 1"),
+        (cfg.data.block_size >= 8, "data.block_size must be >= 8"),
+        (cfg.data.layout in ("auto", "patches", "volume"), "data.layout must be auto, patches or volume"),
+        (cfg.data.pool_size >= 1 and cfg.data.refresh_every >= 1, "data.pool_size and data.refresh_every must be >= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)"),
+        (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
+        (cfg.data.lf_axis in (0, 1, 2), "data.lf_axis must be 0, 1 or 2"),
+        (bool(cfg.data.sources), "data.sources is empty"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),
+        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),
+        (cfg.diffusion.loss in ("mse", "l1"), "diffusion.loss must be mse or l1"),
+        (cfg.diffusion.sample_steps >= 1, "diffusion.sample_steps must be >= 1"),
+        (min(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.keep_checkpoints) >= 1,
+         "log_every, val_every, checkpoint_every and keep_checkpoints must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from diffiqt.diffusion import SAMPLERS
+
+    if cfg.diffusion.sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {cfg.diffusion.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if cfg.data.crop is not None and (len(cfg.data.crop) != 3 or any(len(r) != 2 or r[0] >= r[1] for r in cfg.data.crop)):
+        raise ConfigError("data.crop must be [[x0, x1], [y0, y1], [z0, z1]] with x0 < x1 etc.")
+    return cfg

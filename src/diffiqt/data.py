@@ -1,0 +1,320 @@
+"""Training data: (HF target, LF condition) pairs, cut into blocks, streamed reproducibly.
+
+Pipeline for one pair (:func:`make_pair`): a source brain (trimmed to its head
+plus a margin) -> torchio augmentation of the HF image and its tissue maps
+(random affine, sometimes an elastic deformation, bias field, gamma) -> the
+low-field simulator (:func:`diffiqt.simulate.simulate_low_field`, a fresh SNR
+draw each time) -> LF resampled (cubic) onto the HF grid -> both normalised by
+the LF's robust intensity (:func:`lf_scale`). Spatial and intensity
+augmentation happen before simulation, so HF and LF always match.
+
+A pair costs several seconds (simulation ~4 s on a trimmed 1 mm brain, torchio
+~3 s, ~10 s more when the elastic deformation is drawn), far more than a
+training step. Each data worker therefore keeps a pool of ``pool_size`` pairs,
+cuts every block of a batch from a randomly chosen pooled pair, and replaces
+one pooled pair by a fresh simulation every ``refresh_every`` batches.
+
+Reproducibility: every random draw comes from a generator seeded by
+(seed, rank, what, index) -- the batch index for block positions, the pair's
+serial number for augmentation and simulation -- never from a running state.
+Batch ``b`` of rank ``r`` is therefore the same whether the run started at 0 or
+resumed at ``b``, for a given ``num_workers`` (each worker owns the "lane" of
+batches b = lane (mod num_workers) and its own pool).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from diffiqt.config import AugmentConfig, DataConfig
+from diffiqt.datasets import BUNDLED, BrainSample, TissueMaps, list_user_folder, load_bundled, load_user_volume
+from diffiqt.errors import ConfigError
+
+HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
+FOREGROUND_FRACTION = 0.1  # of the robust maximum: the head/background threshold of the LF
+SCALE_PERCENTILE = 99.0  # of the LF foreground: the intensity mapped to 1
+
+# Stream identifiers that keep the seeds of different kinds of draw apart.
+_PAIR, _BLOCKS, _VALIDATION = 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def foreground(lf: np.ndarray) -> np.ndarray:
+    """Head voxels of an LF volume: above 10% of its 99.5th percentile (bool, same shape)."""
+    return lf > FOREGROUND_FRACTION * np.percentile(lf, 99.5)
+
+
+def lf_scale(lf: np.ndarray) -> float:
+    """The 99th percentile of the LF inside its :func:`foreground`: computable at inference from the LF alone."""
+    head = lf[foreground(lf)]
+    if head.size == 0:
+        raise ConfigError("the low-field volume has no foreground (is it empty?)")
+    return float(np.percentile(head, SCALE_PERCENTILE))
+
+
+def normalise(x, scale: float):
+    """Divide by ``scale``: background stays 0 (what convolutions pad with), the LF's bright tissue ~1.
+
+    Works on numpy arrays and tensors of any shape. Both the HF target and the
+    LF condition are divided by the LF's :func:`lf_scale`.
+    """
+    return x / scale
+
+
+def denormalise(x, scale: float):
+    """Inverse of :func:`normalise`."""
+    return x * scale
+
+
+# ----------------------------------------------------------------------------- sources
+
+@functools.lru_cache(maxsize=4)
+def _bundled(name: str) -> BrainSample:
+    """Bundled brains are read once per process (several runs in one process share them; none is modified)."""
+    return load_bundled(name)
+
+
+def load_sources(specs: list[str]) -> list[BrainSample]:
+    """Brains named by bundled name ('mni152'), file path or folder path."""
+    samples = []
+    for spec in specs:
+        path = Path(spec)
+        if spec in BUNDLED and not path.exists():
+            samples.append(_bundled(spec))
+        elif path.is_dir():
+            samples.extend(load_user_volume(p) for p in list_user_folder(path))
+        else:
+            samples.append(load_user_volume(path))
+    return samples
+
+
+def crop_sample(sample: BrainSample, lower, upper) -> BrainSample:
+    """The sub-volume [lower, upper) of a brain, its tissue maps and mask."""
+    lower, upper = np.maximum(np.asarray(lower, int), 0), np.minimum(np.asarray(upper, int), sample.t1.shape)
+    if np.any(upper <= lower):
+        raise ConfigError(f"crop {lower.tolist()}..{upper.tolist()} is empty for {sample.name} of shape {sample.t1.shape}")
+    box = tuple(slice(a, b) for a, b in zip(lower, upper))
+    tissues = None
+    if sample.tissues is not None:
+        tissues = TissueMaps(**{k: v.crop(lower, upper) for k, v in sample.tissues.as_dict().items()})
+    return replace(sample, t1=sample.t1.crop(lower, upper), tissues=tissues, mask=sample.mask[box])
+
+
+def trim_to_head(sample: BrainSample, margin: int = HEAD_MARGIN) -> BrainSample:
+    """Crop to the mask's bounding box plus ``margin`` voxels: less work per simulation."""
+    if not sample.mask.any():
+        raise ConfigError(f"{sample.name}: the head mask is empty")
+    where = np.argwhere(sample.mask)
+    return crop_sample(sample, where.min(0) - margin, where.max(0) + 1 + margin)
+
+
+def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[BrainSample, BrainSample]:
+    """(train, validation): the anterior slab (+y in RAS) of the head is held out.
+
+    The slab spans ``fraction`` of the head's A-P extent, and at least one block.
+    """
+    ys = np.flatnonzero(sample.mask.any(axis=(0, 2)))
+    held = max(block, int(round(fraction * (ys[-1] + 1 - ys[0]))))
+    cut = ys[-1] + 1 - held
+    if cut < block:
+        raise ConfigError(f"{sample.name} is too small to hold out a {held}-voxel validation slab and keep "
+                          f"a {block}-voxel training block; give data.val_sources")
+    shape = sample.t1.shape
+    return crop_sample(sample, (0, 0, 0), (shape[0], cut, shape[2])), crop_sample(sample, (0, cut, 0), shape)
+
+
+def training_and_validation(cfg: DataConfig) -> tuple[list[BrainSample], list[BrainSample]]:
+    """Load, crop and split the configured sources into training and validation brains."""
+    train = [_cropped(s, cfg) for s in load_sources(cfg.sources)]
+    if cfg.val_sources:
+        val = [_cropped(s, cfg) for s in load_sources(cfg.val_sources)]
+    else:
+        pairs = [split_anterior(s, cfg.holdout_fraction, cfg.block_size) for s in train]
+        train, val = [p[0] for p in pairs], [p[1] for p in pairs]
+    return [trim_to_head(s) for s in train], [trim_to_head(s) for s in val]
+
+
+def _cropped(sample: BrainSample, cfg: DataConfig) -> BrainSample:
+    if cfg.crop is None:
+        return sample
+    return crop_sample(sample, [r[0] for r in cfg.crop], [r[1] for r in cfg.crop])
+
+
+# ----------------------------------------------------------------------------- pairs
+
+@dataclass
+class Pair:
+    """One normalised training pair on the HF grid, each dimension at least one block.
+
+    ``target`` and ``cond`` are float32 [X, Y, Z] in normalised units; ``mask``
+    (bool [X, Y, Z]) is the LF foreground, where block centres are drawn;
+    ``scale`` is the :func:`lf_scale` used.
+    """
+
+    target: np.ndarray
+    cond: np.ndarray
+    mask: np.ndarray
+    scale: float
+    _centres: np.ndarray | None = field(default=None, repr=False)
+
+    def centres(self) -> np.ndarray:
+        """Flat indices of the mask voxels (cached)."""
+        if self._centres is None:
+            self._centres = np.flatnonzero(self.mask)
+        return self._centres
+
+
+def augment(sample: BrainSample, cfg: AugmentConfig, seed: int) -> BrainSample:
+    """A randomly deformed and re-shaded copy of ``sample`` (HF image and tissue maps alike).
+
+    torchio draws its parameters from torch's global generator, which is seeded
+    here and restored afterwards so that training randomness is untouched.
+    """
+    import torchio as tio
+
+    images = {"t1": sample.t1.data}
+    if sample.tissues is not None:
+        images.update({k: v.data for k, v in sample.tissues.as_dict().items()})
+    subject = tio.Subject(**{k: tio.ScalarImage(tensor=torch.from_numpy(v[None].copy()), affine=sample.t1.affine)
+                             for k, v in images.items()})
+    transform = tio.Compose([
+        tio.RandomAffine(scales=cfg.scales, degrees=cfg.degrees, default_pad_value=0.0),
+        tio.RandomElasticDeformation(max_displacement=cfg.max_displacement_mm, p=cfg.elastic_probability),
+        tio.RandomBiasField(coefficients=cfg.bias_coefficients, include=["t1"]),
+        tio.RandomGamma(log_gamma=cfg.log_gamma, include=["t1"]),
+    ])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = transform(subject)
+    data = {k: out[k].data[0].numpy() for k in images}
+    tissues = None
+    if sample.tissues is not None:
+        tissues = TissueMaps(**{k: v.with_data(np.clip(data[k], 0.0, 1.0)) for k, v in sample.tissues.as_dict().items()})
+    return replace(sample, t1=sample.t1.with_data(np.maximum(data["t1"], 0.0)), tissues=tissues)
+
+
+def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator) -> Pair:
+    """Simulate the LF of ``sample`` onto its grid and normalise both (no augmentation here)."""
+    from diffiqt.simulate import LowFieldParams, simulate_low_field
+
+    voxel_mm = float(sample.t1.voxel_size[cfg.lf_axis])
+    params = LowFieldParams.for_factor(cfg.lf_factor, voxel_mm, axis=cfg.lf_axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
+    result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=True)
+    lf = result.lf_on_hf.data
+    scale = lf_scale(lf)
+    size = cfg.block_size
+    return Pair(
+        target=_pad_to(normalise(sample.t1.data, scale), size, 0.0),
+        cond=_pad_to(normalise(lf, scale), size, 0.0),
+        mask=_pad_to(foreground(lf), size, False),
+        scale=scale,
+    )
+
+
+def _pad_to(array: np.ndarray, size: int, value) -> np.ndarray:
+    """Pad at the end of each axis so that every dimension is at least ``size``."""
+    pad = [(0, max(0, size - n)) for n in array.shape]
+    return np.pad(array, pad, constant_values=value) if any(p[1] for p in pad) else array
+
+
+def make_pair(samples: list[BrainSample], cfg: DataConfig, seed_words: list[int]) -> Pair:
+    """A fresh pair: a random source, augmented (if enabled), simulated; all draws from ``seed_words``."""
+    seeds = np.random.SeedSequence(seed_words)
+    rng = np.random.default_rng(seeds)
+    sample = samples[int(rng.integers(len(samples)))]
+    if cfg.augment.enabled:
+        sample = augment(sample, cfg.augment, int(seeds.generate_state(1, np.uint64)[0] >> 1))
+    return simulate_pair(sample, cfg, rng)
+
+
+def cut_block(pair: Pair, lower, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target, cond, mask), each [size, size, size], with corner ``lower``."""
+    box = tuple(slice(int(a), int(a) + size) for a in lower)
+    return pair.target[box], pair.cond[box], pair.mask[box]
+
+
+def random_corner(pair: Pair, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Corner of a block centred on a random head voxel, shifted to lie inside the volume."""
+    centre = np.array(np.unravel_index(rng.choice(pair.centres()), pair.mask.shape))
+    return np.clip(centre - size // 2, 0, np.array(pair.mask.shape) - size)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def pooled_pair_serial(slot: int, refreshes: int, pool_size: int) -> int:
+    """Serial number of the pair in ``slot`` after ``refreshes`` round-robin replacements.
+
+    Pairs 0..P-1 fill the pool first; refresh m (1-based) puts pair P+m-1 into slot (m-1) mod P.
+    """
+    return slot + pool_size * ((pool_size + refreshes - 1 - slot) // pool_size)
+
+
+class BlockStream(IterableDataset):
+    """An endless stream of batches {"target", "cond"}: float32 [B, 1, S, S, S] (S = block size).
+
+    Batch ``b`` (counting from 0 at the run's start) depends only on (seed,
+    rank, b, num_workers); ``start_batch`` resumes the stream exactly.
+    """
+
+    def __init__(self, samples: list[BrainSample], cfg: DataConfig, batch_size: int, seed: int,
+                 rank: int = 0, start_batch: int = 0):
+        self.samples, self.cfg, self.batch_size = samples, cfg, batch_size
+        self.seed, self.rank, self.start_batch = seed, rank, start_batch
+        self.lanes = max(1, cfg.num_workers)
+
+    def __iter__(self):
+        info = get_worker_info()
+        batch = self.start_batch + (info.id if info is not None else 0)
+        lane = batch % self.lanes
+        pool: dict[int, tuple[int, Pair]] = {}
+        while True:
+            yield self._batch(batch, lane, pool)
+            batch += self.lanes
+
+    def _batch(self, batch: int, lane: int, pool: dict) -> dict[str, torch.Tensor]:
+        refreshes = (batch // self.lanes) // self.cfg.refresh_every
+        rng = np.random.default_rng([self.seed, self.rank, _BLOCKS, batch])
+        blocks = []
+        for _ in range(self.batch_size):
+            slot = int(rng.integers(self.cfg.pool_size))
+            pair = self._pooled(pool, lane, slot, pooled_pair_serial(slot, refreshes, self.cfg.pool_size))
+            blocks.append(cut_block(pair, random_corner(pair, self.cfg.block_size, rng), self.cfg.block_size))
+        return {
+            "target": torch.from_numpy(np.stack([b[0] for b in blocks])[:, None].copy()),
+            "cond": torch.from_numpy(np.stack([b[1] for b in blocks])[:, None].copy()),
+        }
+
+    def _pooled(self, pool: dict, lane: int, slot: int, serial: int) -> Pair:
+        """The pair in ``slot``, simulated now if the slot is empty or holds an older pair."""
+        if slot not in pool or pool[slot][0] != serial:
+            pool[slot] = (serial, make_pair(self.samples, self.cfg, [self.seed, self.rank, _PAIR, lane, serial]))
+        return pool[slot][1]
+
+
+def make_loader(stream: BlockStream) -> DataLoader:
+    """A DataLoader over ``stream`` with its configured workers (batches are built by the stream)."""
+    workers = stream.cfg.num_workers
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                      prefetch_factor=2 if workers else None)
+
+
+def validation_blocks(samples: list[BrainSample], cfg: DataConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Fixed held-out blocks {"target", "cond", "mask"}: [N, 1, S, S, S] (mask bool).
+
+    Each validation brain is simulated once (no augmentation, seeded) and
+    ``val_blocks`` blocks are cut around random head voxels.
+    """
+    blocks = []
+    for index, sample in enumerate(samples):
+        rng = np.random.default_rng([seed, _VALIDATION, index])
+        pair = simulate_pair(sample, cfg, rng)
+        blocks += [cut_block(pair, random_corner(pair, cfg.block_size, rng), cfg.block_size) for _ in range(cfg.val_blocks)]
+    stacked = [np.stack([b[i] for b in blocks])[:, None].copy() for i in range(3)]
+    return {"target": torch.from_numpy(stacked[0]), "cond": torch.from_numpy(stacked[1]), "mask": torch.from_numpy(stacked[2])}

@@ -1,0 +1,181 @@
+"""Continuous-time variance-preserving diffusion (Kingma et al. 2021) with the cosine schedule.
+
+Time runs over t in [0, 1]: t = 0 is the clean image, t = 1 pure Gaussian noise.
+The forward process is ``x_t = alpha_t * x + sigma_t * eps`` with
+``alpha_t**2 + sigma_t**2 = 1`` and the cosine schedule of Nichol & Dhariwal
+(2021) written in continuous time: ``alpha_t = cos(phi(t))``,
+``sigma_t = sin(phi(t))``, so ``logsnr(t) = -2 log tan(phi(t))``.
+
+Endpoints: the plain cosine (phi = pi t / 2) has an infinite log-SNR at t = 0
+and t = 1. The angle is therefore mapped linearly onto
+[phi_min, phi_max] so that logsnr(0) = LOGSNR_MAX = +15 and logsnr(1) =
+LOGSNR_MIN = -15: at t = 0 a noise of sigma_0 = 5.5e-4 remains, at t = 1 a
+signal of alpha_1 = 5.5e-4 (images are normalised to about [-1, 1], so both
+are far below anything visible). This clamp plays the role of Nichol &
+Dhariwal's offset s = 0.008.
+
+The network predicts the clean image (x-parameterisation). It never sees t:
+:class:`Denoiser` turns t into log-SNR, joins the condition and the noisy image
+on the channel axis and calls the network. Samplers are plain functions with
+one signature (see :data:`SAMPLERS`); they work on any batch layout, e.g. a
+batch of 27 patches of one block (pass ``layout="patches"``) or whole volumes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+LOGSNR_MIN = -15.0
+LOGSNR_MAX = 15.0
+_PHI_MIN = math.atan(math.exp(-0.5 * LOGSNR_MAX))
+_PHI_MAX = math.atan(math.exp(-0.5 * LOGSNR_MIN))
+
+
+def _angle(t: Tensor | float) -> Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+    return _PHI_MIN + t * (_PHI_MAX - _PHI_MIN)
+
+
+def logsnr(t: Tensor | float) -> Tensor:
+    """log(alpha_t^2 / sigma_t^2), decreasing from LOGSNR_MAX at t=0 to LOGSNR_MIN at t=1; same shape as t."""
+    return -2.0 * torch.log(torch.tan(_angle(t)))
+
+
+def alpha_sigma(t: Tensor | float) -> tuple[Tensor, Tensor]:
+    """(alpha_t, sigma_t), both in (0, 1) with alpha^2 + sigma^2 = 1; same shape as t."""
+    phi = _angle(t)
+    return torch.cos(phi), torch.sin(phi)
+
+
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """Values [B] reshaped to [B, 1, 1, ...] to broadcast against ``like`` [B, ...]."""
+    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def add_noise(x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """x_t = alpha_t x + sigma_t eps. x, noise: [B, C, ...]; t: [B]."""
+    alpha, sigma = alpha_sigma(t)
+    return _per_sample(alpha, x) * x + _per_sample(sigma, x) * noise
+
+
+class Denoiser(nn.Module):
+    """Joins a network and the diffusion: x_hat = net([cond, x_t], logsnr(t)).
+
+    The network takes [B, 2, D, H, W] (channel 0 the LF condition, channel 1
+    the noisy image) and log-SNR [B], and returns the clean image [B, 1, D, H, W].
+    Extra keyword arguments (e.g. ``layout="patches"``) go to the network.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, cond: Tensor, x_t: Tensor, t: Tensor | float, **net_kwargs) -> Tensor:
+        """cond, x_t: [B, 1, D, H, W]; t: [B] or a scalar. Returns x_hat [B, 1, D, H, W]."""
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
+        return self.net(torch.cat([cond, x_t], dim=1), logsnr(t), **net_kwargs)
+
+
+def reconstruction_loss(prediction: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """Mean squared ("mse", the paper's) or absolute ("l1") error over all voxels; a scalar."""
+    if kind == "mse":
+        return torch.mean((prediction.float() - target.float()) ** 2)
+    if kind == "l1":
+        return torch.mean(torch.abs(prediction.float() - target.float()))
+    raise ValueError(f"unknown loss {kind!r}; choose mse or l1")
+
+
+def diffusion_loss(denoiser: Callable, target: Tensor, cond: Tensor, t: Tensor, noise: Tensor,
+                   kind: str = "mse", **net_kwargs) -> Tensor:
+    """The paper's Algorithm 1: || x - x_hat(alpha_t x + sigma_t eps, x_c, t) ||^2, averaged.
+
+    target, cond, noise: [B, 1, D, H, W]; t: [B] drawn from U(0, 1) by the caller
+    (equal within each group of patches that must share one log-SNR).
+    """
+    x_t = add_noise(target, t, noise)
+    return reconstruction_loss(denoiser(cond, x_t, t, **net_kwargs), target, kind)
+
+
+def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _paper_step(x_t, x_hat, t, s, generator):
+    """Algorithm 2: forget x_t and re-noise the prediction to level s."""
+    alpha_s, sigma_s = alpha_sigma(s)
+    return alpha_s * x_hat + sigma_s * _randn(x_hat, generator)
+
+
+def _ancestral_step(x_t, x_hat, t, s, generator):
+    """Draw x_s from the Gaussian posterior q(x_s | x_t, x = x_hat).
+
+    With c = 1 - SNR_t / SNR_s (computed as -expm1 for accuracy):
+    mean = alpha_s ((1 - c) x_t / alpha_t + c x_hat), variance = c sigma_s^2.
+    """
+    alpha_t, _ = alpha_sigma(t)
+    alpha_s, sigma_s = alpha_sigma(s)
+    c = -torch.expm1(logsnr(t) - logsnr(s))
+    mean = alpha_s * ((1 - c) * x_t / alpha_t + c * x_hat)
+    return mean + torch.sqrt(c) * sigma_s * _randn(x_hat, generator)
+
+
+def _ddim_step(x_t, x_hat, t, s, generator):
+    """Deterministic DDIM: keep the implied noise eps_hat = (x_t - alpha_t x_hat) / sigma_t."""
+    alpha_t, sigma_t = alpha_sigma(t)
+    alpha_s, sigma_s = alpha_sigma(s)
+    return alpha_s * x_hat + sigma_s * (x_t - alpha_t * x_hat) / sigma_t
+
+
+def _sample(step_fn, denoiser, cond, steps, generator, callback, noise, net_kwargs) -> Tensor:
+    """Shared loop: uniform times 1 = t_0 > t_1 > ... > t_steps = 0.
+
+    The last step returns the prediction x_hat itself (Algorithm 2 with eps = 0
+    and alpha_0 = 1; the clamped schedule would otherwise scale it by 1 - 1.5e-7).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    x = noise if noise is not None else _randn(cond, generator)
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        t, s = times[i], times[i + 1]
+        x_hat = denoiser(cond, x, float(t), **net_kwargs)
+        x = x_hat if i == steps - 1 else step_fn(x, x_hat, t.to(x.dtype), s.to(x.dtype), generator)
+        if callback is not None:
+            callback(i, float(s), x, x_hat)
+    return x
+
+
+def sample_paper(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+                 callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+    """The paper's Algorithm 2: x_s = alpha_s x_hat(x_t) + sigma_s eps with fresh eps at every step.
+
+    cond: [B, 1, D, H, W] (any batch layout the network accepts). ``noise`` is the
+    starting x_1 (default: drawn from ``generator``); ``generator`` also draws the
+    per-step noise. ``callback(i, s, x_s, x_hat)`` is called after each step.
+    Returns x_0 [B, 1, D, H, W]. Several samples of one input: repeat ``cond``
+    along the batch axis.
+    """
+    return _sample(_paper_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+
+
+def sample_ancestral(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+                     callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+    """Ancestral sampling from the posterior q(x_s | x_t, x_hat); arguments as :func:`sample_paper`."""
+    return _sample(_ancestral_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+
+
+def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+                callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+    """Deterministic DDIM (randomness only in the starting noise); arguments as :func:`sample_paper`."""
+    return _sample(_ddim_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "paper": sample_paper,
+    "ancestral": sample_ancestral,
+    "ddim": sample_ddim,
+}

@@ -1,0 +1,68 @@
+"""Multi-process training through ``torchrun``: one process per device, gloo on CPU, nccl on GPU.
+
+Without torchrun's environment (RANK, WORLD_SIZE, ...) everything here is a
+no-op for a single process, so the same training code runs either way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_kind: str) -> None:
+    """Join the process group if launched by torchrun; ``device_kind`` is 'cpu' or 'cuda'."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank())
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 only."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The average of a scalar across processes (the value itself when alone)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / world_size()

@@ -1,0 +1,445 @@
+"""The training loop: diffusion models (paper's Algorithm 1) and supervised baselines alike.
+
+One process per device (``torchrun`` for several; see :mod:`diffiqt.distributed`).
+Each step draws ``batch_size`` blocks per process from :class:`diffiqt.data.BlockStream`,
+splits them into the network's layout (27 patches per block for cross-batch
+networks), and takes an AdamW step with gradient clipping; an EMA of the
+weights is kept for validation and inference.
+
+Randomness is counter-based: before step ``k`` the global torch generator is
+seeded from (seed, rank, k), and the data stream is a function of (seed, rank,
+batch index). A resumed run therefore replays exactly what the uninterrupted
+run would have done, with no RNG state to save.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diffiqt import distributed as dist
+from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, load_weights, prune_checkpoints,
+                                read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
+from diffiqt.config import TrainConfig, from_dict, merge, parse_assignment, read_file, validate
+from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, make_loader, training_and_validation,
+                          validation_blocks)
+from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
+from diffiqt.errors import ConfigError, DiffiqtError
+from diffiqt.io import save_json
+
+PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
+# Keys a resumed run may change: none of them alters what is computed.
+RESUMABLE_KEYS = {"steps", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints", "tensorboard"}
+NORMALISATION = {"method": "lf-percentile", "map": "x / scale", "percentile": SCALE_PERCENTILE,
+                 "foreground": f"lf > {FOREGROUND_FRACTION} * percentile(lf, 99.5)"}
+
+
+class TrainingInterrupted(DiffiqtError):
+    """Training was stopped (Ctrl-C) before it finished."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    val: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when available; under torchrun each process takes its local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of one training step of one process."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def resolve_layout(net: nn.Module, cfg: TrainConfig) -> str:
+    """'patches' or 'volume': how blocks are fed to the network (auto: patches iff cross-batch)."""
+    layout = cfg.data.layout
+    if layout == "auto":
+        layout = "patches" if net.cross_batch else "volume"
+    if layout == "patches" and cfg.data.block_size != 3 * net.patch_size:
+        raise ConfigError(f"data.block_size {cfg.data.block_size} must be 3 x the network's patch size "
+                          f"{net.patch_size} in the patch layout")
+    return layout
+
+
+def to_layout(blocks: Tensor, layout: str) -> Tensor:
+    """[B, C, S, S, S] blocks -> [B*27, C, S/3, S/3, S/3] patches (patch layout) or unchanged."""
+    if layout == "volume":
+        return blocks
+    from diffiqt.nets.crossbatch import block_to_patches
+
+    return block_to_patches(blocks, blocks.shape[-1] // 3)
+
+
+def from_layout(x: Tensor, layout: str) -> Tensor:
+    """Inverse of :func:`to_layout`."""
+    if layout == "volume":
+        return x
+    from diffiqt.nets.crossbatch import patches_to_block
+
+    return patches_to_block(x)
+
+
+class EMA:
+    """Exponential moving average of a network's weights (buffers are copied)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        # A shorter memory early on, so that the average is not dominated by the initial weights.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for avg, new in zip(self.module.parameters(), net.parameters()):
+            avg.lerp_(new.detach(), 1.0 - decay)
+        for avg, new in zip(self.module.buffers(), net.buffers()):
+            avg.copy_(new)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Constant after a linear warm-up of ``optim.warmup_steps``."""
+    warm = cfg.optim.warmup_steps
+    return cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else cfg.optim.lr
+
+
+def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, loss: str) -> Tensor:
+    """The loss of one batch of blocks ({"target", "cond"}: [B, 1, S, S, S]) in the network's layout.
+
+    Diffusion networks: Algorithm 1 with t ~ U[0, 1) per block (shared by its
+    27 patches) and eps ~ N(0, I). Baselines: loss(net(cond), target).
+    Draws come from torch's global generator, seeded per step by the caller.
+    """
+    target, cond = to_layout(batch["target"], layout), to_layout(batch["cond"], layout)
+    if not needs_time:
+        return reconstruction_loss(model(cond), target, loss)
+    group = PATCHES_PER_BLOCK if layout == "patches" else 1
+    t = torch.rand(target.shape[0] // group, device=target.device).repeat_interleave(group)
+    noise = torch.randn(target.shape, device=target.device)
+    return diffusion_loss(Denoiser(model), target, cond, t, noise, loss, layout=layout)
+
+
+@torch.no_grad()
+def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
+    """PSNR of the network's prediction and of the cubic-interpolated LF input on the validation blocks.
+
+    Diffusion networks are sampled with the configured sampler and steps from a
+    fixed seed, so the number is comparable across validations. PSNR is taken
+    over head voxels in normalised units with data range 1 (the LF's 99th percentile).
+    """
+    sampler = SAMPLERS[cfg.diffusion.sampler]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    predictions = []
+    for cond in blocks["cond"].split(1):
+        with autocast(device, cfg):
+            net_cond = to_layout(cond.to(device), layout)
+            if net.needs_time:
+                out = sampler(Denoiser(net), net_cond, cfg.diffusion.sample_steps, generator, layout=layout)
+            else:
+                out = net(net_cond)
+        predictions.append(from_layout(out.float(), layout).cpu())
+    from diffiqt import metrics  # imports scikit-learn: only when validating
+
+    target, mask = blocks["target"].numpy(), blocks["mask"].numpy()
+    return {"val_psnr": metrics.psnr(torch.cat(predictions).numpy(), target, 1.0, mask),
+            "val_psnr_interp": metrics.psnr(blocks["cond"].numpy(), target, 1.0, mask)}
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    """bf16 autocast on CUDA when enabled; never on CPU (where bf16 is very slow)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+
+
+class CsvLog:
+    """Append rows to a CSV file; on resume, rows after the resumed step are dropped first."""
+
+    def __init__(self, path: Path, columns: list[str], resume_step: int | None):
+        self.path, self.columns = path, columns
+        rows = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow({k: _csv_value(row.get(k)) for k in self.columns})
+
+
+def _csv_value(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+# ----------------------------------------------------------------------------- run folder and config
+
+def resume_config(out: Path, assignments: tuple[str, ...] = ()) -> TrainConfig:
+    """The saved config of the run in ``out`` with ``KEY=VALUE`` changes to resumable keys only."""
+    saved_path = Path(out) / "config.json"
+    if not saved_path.is_file():
+        raise ConfigError(f"{out}: no run to resume (config.json missing)")
+    saved = read_file(saved_path)
+    data = saved
+    for text in assignments:
+        data = merge(data, parse_assignment(text))
+    changed = sorted(k for k in data if data[k] != saved.get(k))
+    if set(changed) - RESUMABLE_KEYS:
+        bad = sorted(set(changed) - RESUMABLE_KEYS)[0]
+        raise ConfigError(f"cannot change {bad!r} when resuming (only {', '.join(sorted(RESUMABLE_KEYS))})")
+    return from_dict(TrainConfig, data)
+
+
+def check_resumable(cfg: TrainConfig, ckpt: Checkpoint) -> None:
+    """The checkpoint must come from the same configuration up to the resumable keys."""
+    saved, now = ckpt.meta["train"], cfg.to_dict()
+    for key in sorted(set(saved) | set(now)):
+        if key not in RESUMABLE_KEYS and saved.get(key) != now.get(key):
+            raise ConfigError(f"{ckpt.folder}: checkpoint was trained with a different {key!r} "
+                              f"({saved.get(key)!r}, now {now.get(key)!r})")
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> Checkpoint | None:
+    """Check the run folder, then (rank 0) write the resolved config; return the checkpoint to resume from."""
+    out = Path(out)
+    ckpt = None
+    if not resume and ((out / "config.json").exists() or list_checkpoints(out)):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and list_checkpoints(out):  # a run stopped before its first checkpoint starts afresh
+        ckpt = read_checkpoint(out)
+        check_resumable(cfg, ckpt)
+    dist.barrier()  # every process has looked at the folder before rank 0 writes to it
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg.to_dict(), out / "config.json")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class Trainer:
+    """State of one training process: network, EMA, optimizer, data, logs."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool, progress: bool):
+        self.cfg, self.out, self.show_progress = validate(cfg), Path(out), progress
+        self.device = resolve_device(cfg.device)
+        dist.init(self.device.type)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.net = build_network({"name": cfg.network.name, **cfg.network.overrides}).to(self.device)
+        if not any(p.requires_grad for p in self.net.parameters()):
+            raise ConfigError(f"network {cfg.network.name!r} has no trainable weights; nothing to train")
+        self.layout = resolve_layout(self.net, cfg)
+        # Data problems surface before the run folder is created, so a corrected command can reuse --out.
+        train, val = training_and_validation(cfg.data)
+        self.voxel_mm = float(np.median([s.t1.voxel_size.min() for s in train]))  # enhancement resamples to it
+        self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
+        self.val: dict = {}
+        ckpt = prepare_run_dir(self.out, cfg, resume)
+        self.ema = EMA(self.net, cfg.optim.ema_decay)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.model = self._wrap_ddp()
+        shard = train[self.rank::self.world] if len(train) >= self.world else train
+        self.stream = BlockStream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        load_weights(self.net, ckpt.folder / "model.safetensors")
+        load_weights(self.ema.module, ckpt.folder / "ema.safetensors")
+        groups = ckpt.meta.get("optimizer", {}).get("param_groups")
+        if groups is None:
+            raise ConfigError(f"{ckpt.folder}: no optimizer state; it cannot be resumed")
+        restore_optimizer(self.optimizer, read_tensors(ckpt.folder / "optimizer.safetensors"), groups)
+        self.step, self.last_checkpoint = ckpt.step, ckpt.folder
+
+    def _wrap_ddp(self) -> nn.Module:
+        if self.world == 1:
+            return self.net
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.net, device_ids=ids)
+
+    def train_step(self, batch: dict) -> tuple[float, float]:
+        """One optimizer step; returns (loss, gradient norm before clipping)."""
+        torch.manual_seed(step_seed(self.cfg.seed, self.rank, self.step))
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.model.train()
+        with autocast(self.device, self.cfg):
+            loss = batch_loss(self.model, self.net.needs_time, batch, self.layout, self.cfg.diffusion.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.net, self.step)
+        return float(loss.detach()), float(grad_norm)
+
+    def checkpoint(self) -> None:
+        if self.rank == 0:
+            meta = {"network": dict(self.net.config),
+                    "train": self.cfg.to_dict(), "normalisation": NORMALISATION,
+                    "rng": {"scheme": "counter-based: torch.manual_seed(seed, rank, step)", "seed": self.cfg.seed},
+                    "voxel_mm": self.voxel_mm, "world_size": self.world, "metrics": self.val}
+            self.last_checkpoint = save_checkpoint(self.out, self.step, meta, self.net, self.ema.module, self.optimizer)
+            prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        dist.barrier()
+
+    def validate(self) -> None:
+        if self.rank == 0:
+            self.val = {"step": self.step, **validate_blocks(self.ema.module, self.val_blocks, self.cfg, self.layout, self.device)}
+        dist.barrier()
+
+    def run(self) -> TrainResult:
+        logs = Logs(self.out, self.cfg, self.step) if self.rank == 0 else None
+        try:
+            self._loop(logs)
+        except KeyboardInterrupt:
+            where = f"step {self.step}"
+            saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            raise TrainingInterrupted(f"training interrupted at {where}; {saved} (continue with --resume)") from None
+        finally:
+            if logs is not None:
+                logs.close()
+        return TrainResult(self.out, self.step, self.last_checkpoint, self.val)
+
+    def _loop(self, logs: "Logs | None") -> None:
+        cfg = self.cfg
+        batches = iter(make_loader(self.stream))
+        with ProgressBar(cfg.steps, self.step, enabled=self.show_progress and self.rank == 0) as bar:
+            window = Window()
+            while self.step < cfg.steps:
+                loss, grad_norm = self.train_step(next(batches))
+                window.add(loss, cfg.batch_size * self.world)
+                bar.update(self.step, loss, window.rate())
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = {"step": self.step, "loss": dist.mean_over_ranks(window.mean_loss(), self.device),
+                           "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1),
+                           "examples_per_s": window.rate(), "elapsed_s": bar.elapsed()}
+                    window = Window()
+                    if logs is not None:
+                        logs.train(row)
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    self.validate()
+                    if logs is not None:
+                        logs.validation(self.val)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.checkpoint()
+
+
+class Window:
+    """Loss and throughput since the last log line."""
+
+    def __init__(self):
+        self.start, self.losses, self.examples = time.perf_counter(), [], 0
+
+    def add(self, loss: float, examples: int) -> None:
+        self.losses.append(loss)
+        self.examples += examples
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+    def rate(self) -> float:
+        return self.examples / max(time.perf_counter() - self.start, 1e-9)
+
+
+class Logs:
+    """train.csv, val.csv and (optionally) TensorBoard in the run folder (rank 0 only)."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, resume_step: int):
+        resume = resume_step if resume_step > 0 else None
+        self.train_csv = CsvLog(out / "train.csv", ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
+        self.val_csv = CsvLog(out / "val.csv", ["step", "val_psnr", "val_psnr_interp"], resume)
+        self.board = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard = true needs the tensorboard package (pip install tensorboard)") from None
+            self.board = SummaryWriter(str(out / "tensorboard"), purge_step=resume)
+
+    def train(self, row: dict) -> None:
+        self.train_csv.write(row)
+        self._board(row, ["loss", "grad_norm", "lr", "examples_per_s"])
+
+    def validation(self, row: dict) -> None:
+        self.val_csv.write(row)
+        self._board(row, ["val_psnr", "val_psnr_interp"])
+
+    def _board(self, row: dict, keys: list[str]) -> None:
+        if self.board is not None:
+            for key in keys:
+                self.board.add_scalar(key, row[key], row["step"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+class ProgressBar:
+    """A rich progress bar on stderr with loss and examples/s (a no-op when disabled)."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.start = time.perf_counter()
+        self.progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4g}  {task.fields[rate]:.2f} ex/s"),
+                                     console=Console(stderr=True))
+            self.task = self.progress.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
+
+    def __enter__(self) -> "ProgressBar":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=loss, rate=rate)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run in ``out``; returns where it stopped."""
+    try:
+        return Trainer(cfg, Path(out), resume, progress).run()
+    finally:
+        dist.close()
