@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
-
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,7 +21,3 @@ def progress() -> Progress:
 def seed_for(seed: int, name: str) -> np.random.Generator:
     """A generator that depends on the run's seed and one item's name, not on its position in a folder."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
-
-
-def is_folder_job(path: Path) -> bool:
-    return path.is_dir()

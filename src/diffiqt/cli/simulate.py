@@ -52,6 +52,7 @@ def simulate(
     from diffiqt import datasets
     from diffiqt.cli.common import progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
+    from diffiqt.io import split_image_name
 
     axis_index = parse_axis(axis)
     path = Path(source)
@@ -63,8 +64,6 @@ def simulate(
         with progress() as bar:
             task = bar.add_task("simulating", total=len(files))
             for file in files:
-                from diffiqt.io import split_image_name
-
                 stem, ext = split_image_name(file)
                 try:
                     sample = datasets.load_user_volume(file)
