@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from diffiqt.nets.crossbatch import neighbourhood_linear_attention
 
 SKIP_SCALE = 1 / math.sqrt(2)  # residual sums are scaled to keep their variance (paper, A.1)
+MISH_SLICE = 32767  # elements per slice of the in-place Mish: cache-sized, and below PyTorch's parallel grain
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -25,6 +26,43 @@ def zero_init(module: nn.Module) -> nn.Module:
     for parameter in module.parameters():
         nn.init.zeros_(parameter)
     return module
+
+
+def _flat_view(x: Tensor) -> Tensor | None:
+    """A 1-D view of all of ``x``'s elements if it is dense (contiguous or channels_last_3d), else None."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x.permute(0, 2, 3, 4, 1).view(-1)
+    return None
+
+
+def mish(x: Tensor) -> Tensor:
+    """Mish, x·tanh(softplus(x)); on CPU tensors that autograd does not track, computed in place.
+
+    Callers pass a fresh temporary (a norm's output), so overwriting it is safe. F.mish costs about
+    5 ns per element on this CPU (20% of a forward pass). With s = sigmoid(x), tanh(softplus(x)) =
+    s(2 - s) / (1 + (1 - s)²), free of cancellation at both ends; computed on slices of ``MISH_SLICE``
+    elements its temporaries stay in cache, and every operation runs on the calling thread (PyTorch
+    parallelises only from 32768 elements), so no slice waits for a second thread: about 2x faster than
+    F.mish and equal to it within float32 rounding. Training (autograd), other devices and
+    torch.compile (which fuses F.mish itself, and would unroll the slices) use F.mish.
+    """
+    flat = _flat_view(x)
+    if x.requires_grad or x.device.type != "cpu" or flat is None or torch.compiler.is_compiling():
+        return F.mish(x)
+    for part in flat.split(MISH_SLICE):
+        s = torch.sigmoid(part)
+        numerator = torch.rsub(s, 2.0).mul_(s)
+        part.mul_(numerator.div_(s.neg_().add_(1.0).square_().add_(1.0)))
+    return x
+
+
+class Mish(nn.Module):
+    """:func:`mish` as a module (no parameters, like nn.Mish)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return mish(x)
 
 
 class InputConv(nn.Conv3d):
@@ -109,9 +147,9 @@ class ResBlock(nn.Module):
         self.dilation = dilation
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
-        h = self.conv1(F.mish(self.norm1(x)))
+        h = self.conv1(mish(self.norm1(x)))
         scale, shift = self.time(time)[:, :, None, None, None].chunk(2, dim=1)
-        h = self.conv2(F.mish(torch.addcmul(shift, self.norm2(h), 1 + scale)))
+        h = self.conv2(mish(torch.addcmul(shift, self.norm2(h), 1 + scale)))
         # In place: neither the conv nor the add needs this tensor for its backward pass.
         return h.add_(self.skip(x)).mul_(SKIP_SCALE)
 

@@ -22,6 +22,7 @@ from diffiqt.nets.blocks import (
     DeepFeatureModule,
     InputConv,
     LogSNREmbedding,
+    Mish,
     PointwiseConv,
     ResBlock,
     TransformerBlock,
@@ -121,7 +122,7 @@ class DiffusionIQTNet(nn.Module):
             DecoderLevel(width * (1 if level == levels - 1 else 2), width, res_blocks, time_dim)
             for level, width in enumerate(widths)
         )
-        self.head = nn.Sequential(ChannelNorm(widths[0]), nn.Mish(), PointwiseConv(widths[0], 1))
+        self.head = nn.Sequential(ChannelNorm(widths[0]), Mish(), PointwiseConv(widths[0], 1))
 
     def forward(self, x: Tensor, logsnr: Tensor, layout: str = "volume") -> Tensor:
         logsnr = logsnr.reshape(-1).expand(x.shape[0])
