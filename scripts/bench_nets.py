@@ -13,29 +13,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 
 import torch
 
+from diffiqt.bench.measure import cpu_name, load_average
 from diffiqt.nets import build_network, count_parameters
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what the platform says."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def machine_line(threads: int) -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{datetime.date.today().isoformat()} · {cpu_name()} · {os.cpu_count()} cores, torch threads {threads} · "
-        f"torch {torch.__version__} · load average {load}"
+        f"torch {torch.__version__} · load average {load_average()}"
     )
 
 
