@@ -184,11 +184,11 @@ def load_user_volume(path: str | os.PathLike) -> BrainSample:
             if v.shape != t1.shape or not np.allclose(v.affine, t1.affine, atol=1e-4):
                 raise InputError(f"{tissue_paths[t]}: tissue map is not on the grid of {path}")
         tissues = TissueMaps(**{t: v.with_data(np.clip(v.data, 0, 1)) for t, v in maps.items()})
-    skull_stripped = _looks_skull_stripped(t1.data)
+    skull_stripped = looks_skull_stripped(t1.data)
     return BrainSample(path.name, t1, tissues, intensity_mask(t1.data, skull_stripped=skull_stripped), skull_stripped)
 
 
-def _looks_skull_stripped(data: np.ndarray) -> bool:
+def looks_skull_stripped(data: np.ndarray) -> bool:
     """Skull-stripped images are exactly zero over most of the field of view."""
     return float(np.mean(data == 0)) > 0.3
 

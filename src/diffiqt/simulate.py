@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.datasets import TissueMaps, intensity_mask
+from diffiqt.datasets import TissueMaps, intensity_mask, looks_skull_stripped
 from diffiqt.errors import InputError
 from diffiqt.io import Volume
 from diffiqt.tissues import gmm_tissue_maps
@@ -152,8 +152,7 @@ def resolve_tissues(hf: Volume, tissues: TissueMaps | None, seed: int = 0) -> tu
     """Tissue maps as arrays, estimated by a 3-class GMM if none were given."""
     if tissues is not None:
         return {k: v.data for k, v in tissues.as_dict().items()}, "given"
-    skull_stripped = float(np.mean(hf.data == 0)) > 0.3
-    mask = intensity_mask(hf.data, skull_stripped=skull_stripped)
+    mask = intensity_mask(hf.data, skull_stripped=looks_skull_stripped(hf.data))
     return gmm_tissue_maps(hf.data, mask, seed=seed), "estimated: 3-class Gaussian mixture (diffiqt.tissues)"
 
 

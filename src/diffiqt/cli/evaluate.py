@@ -29,7 +29,7 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
     """Metrics of one pair; the prediction is resampled (cubic) onto the target's grid if needed."""
     import numpy as np
 
-    from diffiqt.datasets import intensity_mask
+    from diffiqt.datasets import intensity_mask, looks_skull_stripped
     from diffiqt.errors import InputError
     from diffiqt.figures import montage
     from diffiqt.io import load_volume
@@ -46,7 +46,7 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
             raise InputError(f"{mask_path}: mask is not on the target's grid {target.shape}")
         mask = mask_volume.data > 0.5
     else:
-        mask = intensity_mask(target.data, skull_stripped=float(np.mean(target.data == 0)) > 0.3)
+        mask = intensity_mask(target.data, skull_stripped=looks_skull_stripped(target.data))
     row = {"pred": str(pred_path), "target": str(target_path), **evaluate(pred.data, target.data, mask, segmentation=segmentation)}
     if png is not None:
         error = target.with_data(pred.data - target.data)
