@@ -185,9 +185,9 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
     lower, upper = head_box(cond_volume.data, model.cell, margin)
     box = extract(data.normalise(cond_volume.data, scale), lower, upper)
     device = torch.device(options.device)
-    net = model.net.to(device).eval()
+    model.net.to(device).eval()  # Module.to moves the parameters in place
     cond = torch.from_numpy(box)[None, None].to(device)
-    samples = run_sampler(Model(net, model.voxel_mm), cond, options, on_step).float().cpu().numpy()[:, 0]
+    samples = run_sampler(model, cond, options, on_step).float().cpu().numpy()[:, 0]
     mean_box = data.denormalise(samples.mean(axis=0), scale)
     mean = cond_volume.data.copy()
     insert(mean, mean_box, lower)
