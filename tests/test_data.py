@@ -47,6 +47,15 @@ def test_pair_is_consistent_lf_is_a_blurred_hf(pair):
     assert lf_z < 0.6 * lf_x
 
 
+def test_random_slice_axis_varies_between_pairs(mni_crop):
+    """lf_axis=None: each pair gets thick slices along a random axis (axial, coronal or sagittal scans)."""
+    flattest = set()
+    for seed in range(8):
+        cond = data.simulate_pair(mni_crop, small_cfg(lf_axis=None), np.random.default_rng(seed)).cond
+        flattest.add(int(np.argmin([np.abs(np.diff(cond, axis=a)).mean() for a in range(3)])))
+    assert len(flattest) >= 2
+
+
 def test_foreground_threshold():
     lf = np.zeros((10, 10, 10), np.float32)
     lf[2:8, 2:8, 2:8] = 100.0

@@ -77,6 +77,15 @@ def test_interpolation_returns_the_condition():
     assert torch.equal(build_network("interpolation")(x), x)
 
 
+def test_condition_skip_starts_as_the_identity_on_the_condition_and_learns_a_correction():
+    net = build_network("small", condition_skip=True)
+    x = torch.randn(1, 2, 32, 32, 32)
+    assert torch.equal(net(x, torch.zeros(1)), x[:, :1])  # zero-initialised head: x̂ = condition
+    net(x, torch.zeros(1)).square().mean().backward()
+    assert net.head[-1].weight.grad.abs().sum() > 0  # ... but the head still receives gradients
+    assert not torch.equal(build_network("small")(x, torch.zeros(1)), x[:, :1])
+
+
 def test_pixel_shuffle_and_unshuffle_are_exact_inverses():
     x = torch.randn(2, 3, 4, 6, 8)
     unshuffled = pixel_unshuffle_3d(x)

@@ -52,7 +52,7 @@ class DataConfig:
     block_size: int = 96  # edge of a training block; 3 x the network's patch size in the patch layout
     layout: str = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
     lf_factor: float = 8.0  # decimation factor in the slice direction (paper: x8)
-    lf_axis: int = 2  # slice axis of the RAS+ volume (2: axial)
+    lf_axis: int | None = 2  # slice axis of the RAS+ volume (2: axial); None: a random axis per simulated pair
     snr_wm: float | None = None  # None: drawn per simulation from the T1w prior (Lin et al. 2023)
     snr_gm: float | None = None
     pool_size: int = 4  # simulated (augmented) pairs held by each data worker
@@ -228,7 +228,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)"),
         (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
-        (cfg.data.lf_axis in (0, 1, 2), "data.lf_axis must be 0, 1 or 2"),
+        (cfg.data.lf_axis in (0, 1, 2, None), "data.lf_axis must be 0, 1, 2 or null (a random axis per pair)"),
         (bool(cfg.data.sources), "data.sources is empty"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),

@@ -204,8 +204,9 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     """Simulate the LF of ``sample`` onto its grid and normalise both (no augmentation here)."""
     from diffiqt.simulate import LowFieldParams, simulate_low_field
 
-    voxel_mm = float(sample.t1.voxel_size[cfg.lf_axis])
-    params = LowFieldParams.for_factor(cfg.lf_factor, voxel_mm, axis=cfg.lf_axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
+    axis = cfg.lf_axis if cfg.lf_axis is not None else int(rng.integers(3))
+    voxel_mm = float(sample.t1.voxel_size[axis])
+    params = LowFieldParams.for_factor(cfg.lf_factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=True)
     lf = result.lf_on_hf.data
     scale = lf_scale(lf)

@@ -91,6 +91,7 @@ class DiffusionIQTNet(nn.Module):
         cross_batch: bool = True,
         patch_size: int = 32,
         time_dim: int = 256,
+        condition_skip: bool = False,
     ):
         super().__init__()
         levels = len(widths)
@@ -123,6 +124,12 @@ class DiffusionIQTNet(nn.Module):
             for level, width in enumerate(widths)
         )
         self.head = nn.Sequential(ChannelNorm(widths[0]), Mish(), PointwiseConv(widths[0], 1))
+        self.condition_skip = condition_skip
+        if condition_skip:
+            # The network learns the correction to the LF condition and starts as the identity on it,
+            # i.e. at interpolation quality; on a short (CPU) budget this is what lets it beat interpolation.
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: Tensor, logsnr: Tensor, layout: str = "volume") -> Tensor:
         logsnr = logsnr.reshape(-1).expand(x.shape[0])
@@ -166,7 +173,8 @@ class DiffusionIQTNet(nn.Module):
             if level < len(self.decoder) - 1:
                 h = torch.cat([self.up[level](h), skips[level]], dim=1)
             h = self.decoder[level](h, time)
-        return self.head(h)
+        out = self.head(h)
+        return out + x[:, :1] if self.condition_skip else out
 
     @property
     def receptive_field(self) -> int:
