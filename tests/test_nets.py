@@ -77,13 +77,17 @@ def test_interpolation_returns_the_condition():
     assert torch.equal(build_network("interpolation")(x), x)
 
 
-def test_condition_skip_starts_as_the_identity_on_the_condition_and_learns_a_correction():
-    net = build_network("small", condition_skip=True)
-    x = torch.randn(1, 2, 32, 32, 32)
-    assert torch.equal(net(x, torch.zeros(1)), x[:, :1])  # zero-initialised head: x̂ = condition
-    net(x, torch.zeros(1)).square().mean().backward()
-    assert net.head[-1].weight.grad.abs().sum() > 0  # ... but the head still receives gradients
-    assert not torch.equal(build_network("small")(x, torch.zeros(1)), x[:, :1])
+@pytest.mark.parametrize("name, settings", [("small", {}), ("unet", {"widths": [4, 8]}),
+                                            ("esrgan", {"channels": 4, "growth": 4, "blocks": 1})])
+def test_condition_skip_starts_as_the_identity_on_the_condition_and_learns_a_correction(name, settings):
+    net = build_network(name, condition_skip=True, **settings)
+    x = torch.randn(1, net.in_channels, 32, 32, 32)
+    args = (torch.zeros(1),) if net.needs_time else ()
+    assert torch.equal(net(x, *args), x[:, :1])  # zero-initialised last layer: x̂ = condition
+    net(x, *args).square().mean().backward()
+    last = [p for p in net.parameters() if p.ndim > 1][-1]
+    assert last.grad.abs().sum() > 0  # ... but the last layer still receives gradients
+    assert not torch.equal(build_network(name, **settings)(x, *args), x[:, :1])
 
 
 def test_pixel_shuffle_and_unshuffle_are_exact_inverses():

@@ -70,17 +70,16 @@ class EnhanceResult:
 
 def load_model(spec: str | Path) -> Model:
     """A shipped model by name ('default' included), or the EMA weights of a checkpoint/run folder."""
-    from diffiqt.checkpoint import build_network, load_weights, read_checkpoint
+    from diffiqt import checkpoint
     from diffiqt.pretrained import load_shipped
 
     if not Path(spec).exists():
         net, card = load_shipped(str(spec))
         return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})")
-    checkpoint = read_checkpoint(spec)
-    net = build_network(checkpoint.meta["network"])
-    load_weights(net, checkpoint.folder / "ema.safetensors")
-    voxel_mm = float(checkpoint.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
-    return Model(net.eval(), voxel_mm, f"{checkpoint.folder} (step {checkpoint.step})")
+    meta = checkpoint.read_checkpoint(spec)
+    net, _ = checkpoint.load_model(meta.folder)
+    voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
+    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})")
 
 
 def head_box(lf: np.ndarray, cell: int, margin: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from diffiqt.bench.measure import precision
 from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
 from diffiqt.diffusion import Denoiser
 from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
+from diffiqt.heldout import central_box
 from diffiqt.io import Volume
 from diffiqt.resample import to_isotropic
 
@@ -42,14 +43,6 @@ class Brain:
     hf: Volume
     mask: np.ndarray
     label: str
-
-
-def central_box(mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
-    """[lower, upper) of an ``edge``³ cube centred on the mask's bounding box, inside the volume."""
-    idx = np.argwhere(mask)
-    centre = (idx.min(axis=0) + idx.max(axis=0) + 1) // 2
-    lower = np.clip(centre - edge // 2, 0, np.maximum(np.array(mask.shape) - edge, 0))
-    return lower, np.minimum(lower + edge, mask.shape)
 
 
 @functools.lru_cache(maxsize=2)

@@ -63,3 +63,39 @@ def model_info(
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     console.print(table)
+
+
+@app.command("export-model")
+def export_model(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder, or a training run folder (its newest checkpoint).")],
+    name: Annotated[str, typer.Option("--name", help="Name of the shipped model (its files are NAME.safetensors and NAME.json).")],
+    folder: Annotated[str | None, typer.Option("--folder", help="Where to write; default: the installed package's weights/ folder.", show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(help="float16 (half the size; enhancement computes in float32) or float32.")] = "float16",
+    default: Annotated[bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")] = False,
+    summary: Annotated[str | None, typer.Option("--summary", help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).", show_default=False)] = None,
+) -> None:
+    """Turn a training checkpoint's EMA weights into a model that `diffiqt enhance --model NAME` finds.
+
+    Example:\n
+      diffiqt export-model runs/small --name my-model --default
+    """
+    import json
+    from pathlib import Path
+
+    from diffiqt.errors import InputError
+    from diffiqt.pretrained import WEIGHTS_DIR, export_checkpoint, shipped_models
+
+    target = Path(folder) if folder else WEIGHTS_DIR
+    extra = None
+    if summary:
+        try:
+            extra = json.loads(Path(summary).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{summary}: not a readable JSON file ({exc})") from None
+    if default:
+        for other, card in shipped_models(target).items():
+            if card.get("default") and other != name:
+                raise InputError(f"{other} is already the default model in {target}; drop --default or remove it first")
+    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra)
+    typer.echo(str(weights))
+    typer.echo(str(card))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from diffiqt.nets.blocks import PointwiseConv
+from diffiqt.nets.blocks import PointwiseConv, start_at_zero
 from diffiqt.nets.crossbatch import halo_of_path, pad_to_multiple
 
 
@@ -70,12 +70,14 @@ class UNet3d(DirectNet):
     """3D U-Net (``residual=False``) or ResU-Net (``residual=True``): [B, 1, D, H, W] -> [B, 1, D, H, W].
 
     Levels of two 3³ convs (or a residual block) with BatchNorm and ReLU, 2³ max-pooling down,
-    2³ transposed convolutions up, skip concatenation, a 1×1 conv head.
+    2³ transposed convolutions up, skip concatenation, a 1×1 conv head. ``condition_skip``: the output
+    is added to the input, as in :class:`~diffiqt.nets.diffiqt.DiffusionIQTNet`.
     """
 
     name = "unet"
 
-    def __init__(self, widths: Sequence[int] = (64, 128, 256, 512), residual: bool = False):
+    def __init__(self, widths: Sequence[int] = (64, 128, 256, 512), residual: bool = False,
+                 condition_skip: bool = False):
         super().__init__()
         block = _ResidualBlock if residual else _conv_block
         self.widths = list(widths)
@@ -84,6 +86,9 @@ class UNet3d(DirectNet):
         self.decoder = nn.ModuleList(block(2 * a, a) for a in widths[:-1])
         self.head = PointwiseConv(widths[0], 1)
         self.pool = nn.MaxPool3d(2)
+        self.condition_skip = condition_skip
+        if condition_skip:
+            start_at_zero(self.head)
 
     def forward(self, x: Tensor) -> Tensor:
         padded, crop = pad_to_multiple(x, 2 ** (len(self.widths) - 1))
@@ -94,7 +99,8 @@ class UNet3d(DirectNet):
             skips.append(h)
         for level in reversed(range(len(self.decoder))):
             h = self.decoder[level](torch.cat([self.up[level](h), skips[level]], dim=1))
-        return self.head(h)[crop]
+        out = self.head(h)[crop]
+        return out + x if self.condition_skip else out
 
     @property
     def receptive_field(self) -> int:

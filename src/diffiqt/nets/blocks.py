@@ -81,6 +81,14 @@ class InputConv(nn.Conv3d):
         return F.conv3d(x, F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, missing)), self.bias, padding=1)
 
 
+def start_at_zero(layer: nn.Module) -> None:
+    """Zero a layer's weight and bias: a network whose output is added to its LF input (``condition_skip``)
+    then starts as the identity on that input, i.e. as cubic interpolation."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 class PointwiseConv(nn.Conv3d):
     """1×1×1 convolution as a matrix product over channels: [B, Cin, D, H, W] -> [B, Cout, D, H, W].
 

@@ -25,6 +25,7 @@ from diffiqt.nets.blocks import (
     Mish,
     PointwiseConv,
     ResBlock,
+    start_at_zero,
     TransformerBlock,
 )
 from diffiqt.nets.crossbatch import BLOCK_GRID, block_to_patches, halo_of_path, pad_to_multiple, patches_to_block
@@ -128,8 +129,7 @@ class DiffusionIQTNet(nn.Module):
         if condition_skip:
             # The network learns the correction to the LF condition and starts as the identity on it,
             # i.e. at interpolation quality; on a short (CPU) budget this is what lets it beat interpolation.
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
+            start_at_zero(self.head[-1])
 
     def forward(self, x: Tensor, logsnr: Tensor, layout: str = "volume") -> Tensor:
         logsnr = logsnr.reshape(-1).expand(x.shape[0])

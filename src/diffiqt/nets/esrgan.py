@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffiqt.nets.baselines import DirectNet
+from diffiqt.nets.blocks import start_at_zero
 from diffiqt.nets.crossbatch import halo_of_path
 
 RESIDUAL_SCALE = 0.2  # ESRGAN's residual scaling inside dense blocks and RRDBs
@@ -50,11 +51,11 @@ class RRDB(nn.Module):
 
 
 class ESRGANGenerator3d(DirectNet):
-    """RRDB generator: [B, 1, D, H, W] -> [B, 1, D, H, W]."""
+    """RRDB generator: [B, 1, D, H, W] -> [B, 1, D, H, W]; ``condition_skip`` adds the output to the input."""
 
     name = "esrgan"
 
-    def __init__(self, channels: int = 64, growth: int = 32, blocks: int = 13):
+    def __init__(self, channels: int = 64, growth: int = 32, blocks: int = 13, condition_skip: bool = False):
         super().__init__()
         self.blocks = blocks
         self.first = nn.Conv3d(1, channels, 3, padding=1)
@@ -67,10 +68,14 @@ class ESRGANGenerator3d(DirectNet):
             nn.Conv3d(channels, channels, 3, padding=1), _lrelu(),
             nn.Conv3d(channels, 1, 3, padding=1),
         )  # fmt: skip
+        self.condition_skip = condition_skip
+        if condition_skip:
+            start_at_zero(self.tail[-1])
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.first(x.contiguous(memory_format=torch.channels_last_3d))
-        return self.tail(features + self.trunk_conv(self.trunk(features)))
+        out = self.tail(features + self.trunk_conv(self.trunk(features)))
+        return out + x if self.condition_skip else out
 
     @property
     def receptive_field(self) -> int:
