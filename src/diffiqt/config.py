@@ -46,6 +46,7 @@ class DataConfig:
     """Where pairs come from and how blocks are cut (see docs/training.md, "Data pipeline")."""
 
     sources: list[str] = field(default_factory=lambda: ["mni152"])  # bundled names, files or folders
+    pairs_file: str | None = None  # pre-simulated pairs (diffiqt simulate-pairs): then used instead of simulating
     val_sources: list[str] = field(default_factory=list)  # empty: hold out the anterior slab of each source
     holdout_fraction: float = 0.35  # of the head's A-P extent, when val_sources is empty
     crop: list[list[int]] | None = None  # [[x0, x1], [y0, y1], [z0, z1]] voxels, applied to every source
@@ -92,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1"
     bf16: bool = True  # bf16 autocast, applied on CUDA only
+    max_minutes: float | None = None  # stop (final validation and checkpoint) after training this long
     log_every: int = 10
     val_every: int = 500
     checkpoint_every: int = 500
@@ -230,6 +232,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
         (cfg.data.lf_axis in (0, 1, 2, None), "data.lf_axis must be 0, 1, 2 or null (a random axis per pair)"),
         (bool(cfg.data.sources), "data.sources is empty"),
+        (cfg.max_minutes is None or cfg.max_minutes > 0, "max_minutes must be > 0 (or null: no time limit)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),
         (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),

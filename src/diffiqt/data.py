@@ -299,6 +299,34 @@ class BlockStream(IterableDataset):
         return pool[slot][1]
 
 
+class StoredPairStream(BlockStream):
+    """:class:`BlockStream`'s batches, lanes and seeding, with blocks cut from pairs held in memory.
+
+    The pairs were simulated beforehand (:mod:`diffiqt.presimulated`), so nothing is
+    simulated or augmented here except this: each block is mirrored left-right with
+    probability 1/2. A mirrored brain is still a plausible brain and the simulator is
+    mirror-symmetric, so this doubles the distinct blocks of a small file for free;
+    other flips would show orientations that enhancement (RAS+ inputs) never meets.
+    """
+
+    def __init__(self, pairs: list[Pair], cfg: DataConfig, batch_size: int, seed: int,
+                 rank: int = 0, start_batch: int = 0):
+        super().__init__([], cfg, batch_size, seed, rank, start_batch)
+        self.pairs = pairs
+
+    def _batch(self, batch: int, lane: int, pool: dict) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, _BLOCKS, batch])
+        targets, conds = [], []
+        for _ in range(self.batch_size):
+            pair = self.pairs[int(rng.integers(len(self.pairs)))]
+            target, cond, _ = cut_block(pair, random_corner(pair, self.cfg.block_size, rng), self.cfg.block_size)
+            mirror = slice(None, None, -1 if rng.random() < 0.5 else 1)  # axis 0 of RAS+ runs left to right
+            targets.append(target[mirror])
+            conds.append(cond[mirror])
+        return {"target": torch.from_numpy(np.stack(targets)[:, None].copy()),
+                "cond": torch.from_numpy(np.stack(conds)[:, None].copy())}
+
+
 def make_loader(stream: BlockStream) -> DataLoader:
     """A DataLoader over ``stream`` with its configured workers (batches are built by the stream)."""
     workers = stream.cfg.num_workers

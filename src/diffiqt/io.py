@@ -5,6 +5,9 @@ Every volume is held in RAS+ canonical orientation as float32 (see
 :func:`save_volume` can put a result on the same grid back into the input's
 own orientation and header (qform/sform codes included).
 Outputs are written atomically: a temporary file in the target folder, then a rename.
+nibabel is imported only by the functions that read or write images, so that training
+from a pairs file (:mod:`diffiqt.presimulated`), which needs :class:`Volume` and
+:func:`save_json` alone, runs where nibabel is not installed.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from diffiqt.errors import InputError, OutputError
 
+if TYPE_CHECKING:
+    import nibabel as nib
+
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
-RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ def has_image_suffix(path: str | os.PathLike) -> bool:
 
 
 def _read_image(path: Path):
+    import nibabel as nib
+
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
@@ -142,6 +149,8 @@ def load_volume(path: str | os.PathLike, *, check_content: bool = True) -> Volum
     for a missing or unreadable file, a 2D/4D image, and (if ``check_content``)
     NaN/Inf voxels or an all-zero image.
     """
+    import nibabel as nib
+
     path = Path(path)
     img, data = _read_image(path)  # scaled by the header's slope/intercept
     data = data.reshape(data.shape[:3])  # drop a trailing singleton 4th dimension
@@ -157,6 +166,8 @@ def load_volume(path: str | os.PathLike, *, check_content: bool = True) -> Volum
 
 def _on_source_grid(volume: Volume) -> bool:
     """Is ``volume`` on the (reoriented) grid of the file it came from?"""
+    import nibabel as nib
+
     src = volume.source
     if src is None:
         return False
@@ -166,6 +177,8 @@ def _on_source_grid(volume: Volume) -> bool:
 
 
 def _canonical_shape(src: Source) -> tuple[int, ...]:
+    import nibabel as nib
+
     ornt = nib.orientations.io_orientation(src.affine)
     shape = [0, 0, 0]
     for in_axis, (out_axis, _) in enumerate(ornt):
@@ -245,12 +258,14 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
     (qform and sform both set, codes taken from the source header if any).
     ``inputs`` are paths the output must not overwrite.
     """
+    import nibabel as nib
+
     path = check_output_path(path, inputs)
     try:
         if volume.source is not None and _on_source_grid(volume):
             src = volume.source
-            ornt = nib.orientations.io_orientation(src.affine)
-            back = nib.orientations.apply_orientation(volume.data, nib.orientations.ornt_transform(RAS, ornt))
+            ras, ornt = nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.io_orientation(src.affine)
+            back = nib.orientations.apply_orientation(volume.data, nib.orientations.ornt_transform(ras, ornt))
             data, affine, header = np.ascontiguousarray(back), src.affine, src.header.copy()
         else:
             data, affine = volume.data, volume.affine
@@ -263,6 +278,8 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
 
 
 def _make_image(path: Path, data: np.ndarray, affine: np.ndarray, header):
+    import nibabel as nib
+
     data = np.asarray(data, dtype=np.float32)
     if path.name.lower().endswith((".mgz", ".mgh")):
         return nib.MGHImage(data, affine)

@@ -15,15 +15,15 @@ Segmentation agreement: CSF/GM/WM labels of prediction and target by the same
 mask; Dice per class and mean IoU. LPIPS needs pretrained 2D network weights,
 which are never downloaded: it is None unless the ``lpips`` package and its
 backbone weights are already on the machine.
+
+pytorch-msssim and scikit-learn (the tissue mixture) are imported by the functions
+that use them, so that :func:`psnr` (training's validation) needs neither.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_msssim import ms_ssim, ssim
-
-from diffiqt.tissues import gmm_tissue_maps
 
 PAPER_REGION = 192
 TISSUE_LABELS = ("csf", "gm", "wm")
@@ -42,6 +42,8 @@ def _as_tensor(volume: np.ndarray) -> torch.Tensor:
 
 def ssim3d(pred: np.ndarray, target: np.ndarray, data_range: float, win_size: int = 7) -> float:
     """Mean 3D SSIM (Gaussian window ``win_size``, sigma 1.5)."""
+    from pytorch_msssim import ssim
+
     return float(ssim(_as_tensor(pred), _as_tensor(target), data_range=data_range, win_size=win_size))
 
 
@@ -51,6 +53,8 @@ def ms_ssim3d(pred: np.ndarray, target: np.ndarray, data_range: float) -> float 
     win = 11 if side > 160 else 7 if side > 96 else None
     if win is None:
         return None
+    from pytorch_msssim import ms_ssim
+
     return float(ms_ssim(_as_tensor(pred), _as_tensor(target), data_range=data_range, win_size=win))
 
 
@@ -84,6 +88,8 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 def tissue_labels(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture."""
+    from diffiqt.tissues import gmm_tissue_maps
+
     maps = gmm_tissue_maps(volume, mask, seed=0)
     stacked = np.stack([maps[name] for name in TISSUE_LABELS])
     return np.where(mask, stacked.argmax(axis=0) + 1, 0).astype(np.uint8)

@@ -28,15 +28,17 @@ from diffiqt import distributed as dist
 from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, load_weights, prune_checkpoints,
                                 read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import TrainConfig, from_dict, merge, parse_assignment, read_file, validate
-from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, make_loader, training_and_validation,
-                          validation_blocks)
+from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
+                          training_and_validation, validation_blocks)
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
+from diffiqt.presimulated import read_pairs_file
 
 PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
 # Keys a resumed run may change: none of them alters what is computed.
-RESUMABLE_KEYS = {"steps", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints", "tensorboard"}
+RESUMABLE_KEYS = {"steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints",
+                  "tensorboard"}
 NORMALISATION = {"method": "lf-percentile", "map": "x / scale", "percentile": SCALE_PERCENTILE,
                  "foreground": f"lf > {FOREGROUND_FRACTION} * percentile(lf, 99.5)"}
 
@@ -142,12 +144,18 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, los
 
 @torch.no_grad()
 def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
-    """PSNR of the network's prediction and of the cubic-interpolated LF input on the validation blocks.
+    """On the validation blocks: the training loss, and the PSNR of the prediction and of the LF input.
 
-    Diffusion networks are sampled with the configured sampler and steps from a
-    fixed seed, so the number is comparable across validations. PSNR is taken
-    over head voxels in normalised units with data range 1 (the LF's 99th percentile).
+    The loss is :func:`batch_loss` with times and noise from a fixed seed; diffusion
+    networks are sampled with the configured sampler and steps from a fixed seed; so
+    every number is comparable across validations. PSNR is taken over head voxels in
+    normalised units with data range 1 (the LF's 99th percentile); the LF input is the
+    cubic-interpolated condition.
     """
+    torch.manual_seed(cfg.seed)  # every training step reseeds the generator, so this changes nothing else
+    with autocast(device, cfg):
+        on_device = {k: blocks[k].to(device) for k in ("target", "cond")}
+        val_loss = float(batch_loss(net, net.needs_time, on_device, layout, cfg.diffusion.loss))
     sampler = SAMPLERS[cfg.diffusion.sampler]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     predictions = []
@@ -159,10 +167,10 @@ def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str,
             else:
                 out = net(net_cond)
         predictions.append(from_layout(out.float(), layout).cpu())
-    from diffiqt import metrics  # imports scikit-learn: only when validating
+    from diffiqt import metrics
 
     target, mask = blocks["target"].numpy(), blocks["mask"].numpy()
-    return {"val_psnr": metrics.psnr(torch.cat(predictions).numpy(), target, 1.0, mask),
+    return {"val_loss": val_loss, "val_psnr": metrics.psnr(torch.cat(predictions).numpy(), target, 1.0, mask),
             "val_psnr_interp": metrics.psnr(blocks["cond"].numpy(), target, 1.0, mask)}
 
 
@@ -213,8 +221,12 @@ def resume_config(out: Path, assignments: tuple[str, ...] = ()) -> TrainConfig:
 
 
 def check_resumable(cfg: TrainConfig, ckpt: Checkpoint) -> None:
-    """The checkpoint must come from the same configuration up to the resumable keys."""
-    saved, now = ckpt.meta["train"], cfg.to_dict()
+    """The checkpoint must come from the same configuration up to the resumable keys.
+
+    The saved config is completed with the defaults first, so that a key added to the
+    config since the checkpoint was written (at its default) is no difference.
+    """
+    saved, now = ckpt.config.to_dict(), cfg.to_dict()
     for key in sorted(set(saved) | set(now)):
         if key not in RESUMABLE_KEYS and saved.get(key) != now.get(key):
             raise ConfigError(f"{ckpt.folder}: checkpoint was trained with a different {key!r} "
@@ -253,9 +265,15 @@ class Trainer:
             raise ConfigError(f"network {cfg.network.name!r} has no trainable weights; nothing to train")
         self.layout = resolve_layout(self.net, cfg)
         # Data problems surface before the run folder is created, so a corrected command can reuse --out.
-        train, val = training_and_validation(cfg.data)
-        self.voxel_mm = float(np.median([s.t1.voxel_size.min() for s in train]))  # enhancement resamples to it
-        self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
+        self.data_origin: dict = {}
+        if cfg.data.pairs_file:
+            stored = read_pairs_file(cfg.data.pairs_file, cfg.data.block_size)
+            train, self.val_blocks, self.voxel_mm = stored.pairs, stored.validation, stored.voxel_mm
+            self.data_origin = {"pairs_file": {"path": cfg.data.pairs_file, **stored.meta}}
+        else:
+            train, val = training_and_validation(cfg.data)
+            self.voxel_mm = float(np.median([s.t1.voxel_size.min() for s in train]))  # enhancement resamples to it
+            self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
         self.val: dict = {}
         ckpt = prepare_run_dir(self.out, cfg, resume)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
@@ -267,7 +285,8 @@ class Trainer:
             self._restore(ckpt)
         self.model = self._wrap_ddp()
         shard = train[self.rank::self.world] if len(train) >= self.world else train
-        self.stream = BlockStream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
+        stream = StoredPairStream if cfg.data.pairs_file else BlockStream
+        self.stream = stream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
 
     def _restore(self, ckpt: Checkpoint) -> None:
         load_weights(self.net, ckpt.folder / "model.safetensors")
@@ -308,7 +327,7 @@ class Trainer:
             meta = {"network": dict(self.net.config),
                     "train": self.cfg.to_dict(), "normalisation": NORMALISATION,
                     "rng": {"scheme": "counter-based: torch.manual_seed(seed, rank, step)", "seed": self.cfg.seed},
-                    "voxel_mm": self.voxel_mm, "world_size": self.world, "metrics": self.val}
+                    "voxel_mm": self.voxel_mm, "world_size": self.world, "metrics": self.val, **self.data_origin}
             self.last_checkpoint = save_checkpoint(self.out, self.step, meta, self.net, self.ema.module, self.optimizer)
             prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         dist.barrier()
@@ -340,19 +359,28 @@ class Trainer:
                 loss, grad_norm = self.train_step(next(batches))
                 window.add(loss, cfg.batch_size * self.world)
                 bar.update(self.step, loss, window.rate())
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last = self.step == cfg.steps or self._out_of_time(bar.elapsed())
+                if self.step % cfg.log_every == 0 or last:
                     row = {"step": self.step, "loss": dist.mean_over_ranks(window.mean_loss(), self.device),
                            "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1),
                            "examples_per_s": window.rate(), "elapsed_s": bar.elapsed()}
                     window = Window()
                     if logs is not None:
                         logs.train(row)
-                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.val_every == 0 or last:
                     self.validate()
                     if logs is not None:
                         logs.validation(self.val)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or last:
                     self.checkpoint()
+                if last:
+                    break
+
+    def _out_of_time(self, elapsed_s: float) -> bool:
+        """Has the loop run for ``max_minutes``? Any rank's clock decides, so that all ranks stop at one step."""
+        if self.cfg.max_minutes is None:
+            return False
+        return dist.mean_over_ranks(float(elapsed_s >= 60.0 * self.cfg.max_minutes), self.device) > 0
 
 
 class Window:
@@ -378,7 +406,7 @@ class Logs:
     def __init__(self, out: Path, cfg: TrainConfig, resume_step: int):
         resume = resume_step if resume_step > 0 else None
         self.train_csv = CsvLog(out / "train.csv", ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
-        self.val_csv = CsvLog(out / "val.csv", ["step", "val_psnr", "val_psnr_interp"], resume)
+        self.val_csv = CsvLog(out / "val.csv", ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
         self.board = None
         if cfg.tensorboard:
             try:
@@ -393,7 +421,7 @@ class Logs:
 
     def validation(self, row: dict) -> None:
         self.val_csv.write(row)
-        self._board(row, ["val_psnr", "val_psnr_interp"])
+        self._board(row, ["val_loss", "val_psnr", "val_psnr_interp"])
 
     def _board(self, row: dict, keys: list[str]) -> None:
         if self.board is not None:

@@ -17,6 +17,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON or TOML config file, merged over the preset (or the defaults)."),
     set_: List[str] = typer.Option([], "--set", help="Change one setting, e.g. --set optim.lr=3e-4 --set data.sources='[\"mni152\"]' (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Total optimizer steps (with --resume: extend the run to this many)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop earlier, with a final validation and checkpoint, after this many minutes of training."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (under torchrun each process takes its local GPU)."),
     seed: Optional[int] = typer.Option(None, help="Random seed of weights, data and noise."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, exactly."),
@@ -38,7 +39,8 @@ def train(
     from diffiqt.train import resume_config
     from diffiqt.train import train as run_training
 
-    assignments = tuple(set_) + tuple(f"{k}={v}" for k, v in (("steps", steps), ("seed", seed)) if v is not None)
+    given = (("steps", steps), ("seed", seed), ("max_minutes", max_minutes))
+    assignments = tuple(set_) + tuple(f"{k}={v}" for k, v in given if v is not None)
     assignments += (f'device="{device}"',) if device is not None else ()
     if resume:
         if preset or config:
@@ -48,5 +50,5 @@ def train(
         cfg = configs.resolve(preset, config, assignments)
     result = run_training(cfg, out, resume=resume, progress=progress)
     if os.environ.get("RANK", "0") == "0":  # torchrun's rank; the process group is closed by now
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in result.val.items() if k != "step")
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in result.val.items() if k != "step")
         typer.echo(f"trained to step {result.step}; checkpoint {result.checkpoint}" + (f"; {scores}" if scores else ""))
