@@ -8,6 +8,18 @@ import sys
 import pytest
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``): on a shared
+    2-core machine a second thread mostly waits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mni():
     """The bundled MNI ICBM152 2009a T1w brain with GM/WM/CSF maps (real anatomy, 1 mm)."""

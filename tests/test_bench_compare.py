@@ -24,13 +24,7 @@ SMOKE_METHODS = ["interpolation", "unet", "diffiqt"]
 DIFFUSION_METHODS = ("diffiqt", "no-crossbatch", "no-deepfeature-no-crossbatch")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine a second thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_configs(budget: compare.Budget) -> dict:

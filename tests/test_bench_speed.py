@@ -22,13 +22,7 @@ from diffiqt.nets.crossbatch import block_to_patches, patches_to_block
 TINY = dict(widths=[4, 8, 8], res_blocks=1, embed_dim=16, heads=2, deep_feature_width=16, time_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine a second thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

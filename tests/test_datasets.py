@@ -70,11 +70,3 @@ def test_simulate_folder_mode_writes_one_lf_per_volume(tmp_path, mni_crop):
     lf = nib.load(tmp_path / "lf" / "a_lf.nii.gz")
     assert lf.shape == (96, 112, 13)
     np.testing.assert_allclose(lf.affine[:3, 2], mni_crop.t1.affine[:3, 2] * 8)
-
-
-def test_demo_writes_a_real_brain_and_its_low_field(tmp_path):
-    result = run_cli("demo", "-o", tmp_path / "demo")
-    assert result.returncode == 0, result.stderr
-    names = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert names == ["hf.nii.gz", "lf.json", "lf.nii.gz", "lf_upsampled.nii.gz", "montage.png"]
-    assert nib.load(tmp_path / "demo" / "lf.nii.gz").shape == (197, 233, 24)

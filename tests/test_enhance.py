@@ -166,3 +166,15 @@ def test_exported_model_loads_by_name_with_its_hash_checked(tmp_path, checkpoint
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(InputError, match="SHA-256"):
         load_shipped("tiny", tmp_path)
+
+
+def test_export_model_command_writes_a_loadable_model_and_keeps_one_default(tmp_path, checkpoint_dir):
+    from conftest import run_cli
+    from diffiqt.pretrained import load_shipped
+
+    result = run_cli("export-model", checkpoint_dir, "--name", "tiny", "--folder", tmp_path, "--default")
+    assert result.returncode == 0, result.stderr
+    assert load_shipped("default", tmp_path)[1]["step"] > 0
+    second = run_cli("export-model", checkpoint_dir, "--name", "other", "--folder", tmp_path, "--default")
+    assert second.returncode == 2 and "already the default" in second.stderr
+    assert not (tmp_path / "other.json").exists()

@@ -45,6 +45,7 @@ class Model:
     net: nn.Module
     voxel_mm: float = DEFAULT_VOXEL_MM
     description: str = ""
+    warning: str | None = None  # what a shipped model's card says users must know before trusting it
 
     @property
     def cell(self) -> int:
@@ -75,7 +76,7 @@ def load_model(spec: str | Path) -> Model:
 
     if not Path(spec).exists():
         net, card = load_shipped(str(spec))
-        return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})")
+        return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})", card.get("warning"))
     meta = checkpoint.read_checkpoint(spec)
     net, _ = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))

@@ -30,13 +30,16 @@ def enhance(
     aligned with the input in world space; values outside the head box are the
     interpolated input. A JSON sidecar records the settings.
 
+    Without --model the shipped default model is used (see docs/model-card.md).
+
     Examples:\n
+      diffiqt enhance lf.nii.gz -o enhanced.nii.gz\n
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small\n
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small --samples 4 --png\n
       diffiqt enhance lf_folder/ -o enhanced/ --model runs/cpu-small\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
-    from diffiqt.cli.common import progress
+    from diffiqt.cli.common import console, progress
     from diffiqt.datasets import list_user_folder
     from diffiqt.enhance import EnhanceOptions, load_model
     from diffiqt.errors import InputError
@@ -46,6 +49,8 @@ def enhance(
 
     options = EnhanceOptions(steps, sampler, samples, seed, resolve_device(device), max_voxels)
     loaded = load_model(model)
+    if loaded.warning:
+        console.print(f"[yellow]note:[/yellow] {loaded.warning}")
     if source.is_dir():
         if out.suffix:
             raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
