@@ -17,6 +17,20 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when available; under torchrun each process takes its local GPU."""
+    from diffiqt.errors import ConfigError
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank())
+    return device
+
+
 def init(device_kind: str) -> None:
     """Join the process group if launched by torchrun; ``device_kind`` is 'cpu' or 'cuda'."""
     if not launched_by_torchrun() or dist.is_initialized():

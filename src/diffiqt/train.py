@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from diffiqt import distributed as dist
+from diffiqt.distributed import resolve_device
 from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, load_weights, prune_checkpoints,
                                 read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import TrainConfig, from_dict, merge, parse_assignment, read_file, validate
@@ -56,18 +57,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- pieces
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda when available; under torchrun each process takes its local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist.local_rank())
-    return device
-
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed of one training step of one process."""

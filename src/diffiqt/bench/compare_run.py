@@ -21,6 +21,7 @@ from typing import Callable
 from diffiqt.bench.compare import (METHODS, SPLIT, TEST_SEED, Budget, Split, check_no_test_data,
                                    method_config, trains)
 from diffiqt.config import TrainConfig
+from diffiqt.distributed import resolve_device
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.heldout import LF_FACTOR, HeldOutCase, held_out_case
 from diffiqt.io import Volume
@@ -138,7 +139,7 @@ def bench_method(budget: Budget, method: str, scans: list[HeldOutCase], out: Pat
         log("scores of these weights are in results.json; not scored again")
         return {**entry, "scans": previous["scans"]}
     log(f"enhancing and scoring {', '.join(paths)}")
-    rows, predictions = score(model, scans, budget, resolve_device(budget.device))
+    rows, predictions = score(model, scans, budget, str(resolve_device(budget.device)))
     for name, prediction in predictions.items():
         save_volume(prediction, paths[name])
     return {**entry, "scans": rows}
@@ -147,12 +148,6 @@ def bench_method(budget: Budget, method: str, scans: list[HeldOutCase], out: Pat
 def examples(cfg: TrainConfig) -> int:
     """Training blocks seen by a run: steps x batch (per process)."""
     return cfg.steps * cfg.batch_size
-
-
-def resolve_device(name: str) -> str:
-    from diffiqt.train import resolve_device as training_device
-
-    return str(training_device(name))
 
 
 # ----------------------------------------------------------------------------- the whole bench
@@ -193,7 +188,6 @@ def start_results(out: Path, budget: Budget, command: str) -> dict:
     import json
 
     from diffiqt.bench.measure import machine_line
-    from diffiqt.train import resolve_device as training_device
 
     path = out / "results.json"
     results = {"methods": {}}
@@ -206,7 +200,7 @@ def start_results(out: Path, budget: Budget, command: str) -> dict:
             raise ConfigError(f"{out} holds a bench of budget {results.get('budget')!r}; choose another --out")
     results.update(budget=budget.name, settings=asdict(budget), split=asdict(SPLIT), command=command,
                    revision=git_revision(), date=datetime.datetime.now().isoformat(timespec="minutes"),
-                   machine=machine_line(training_device(budget.device), False), test_seed=TEST_SEED,
+                   machine=machine_line(resolve_device(budget.device), False), test_seed=TEST_SEED,
                    lf_factor=LF_FACTOR)
     return results
 

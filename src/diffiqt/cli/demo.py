@@ -38,7 +38,7 @@ def demo(
     """
     from diffiqt import __version__
     from diffiqt.cli.common import console, progress
-    from diffiqt.cli.enhance import resolve_device
+    from diffiqt.distributed import resolve_device
     from diffiqt.enhance import EnhanceOptions, load_model
     from diffiqt.heldout import held_out_case, run_held_out
     from diffiqt.io import OutputGroup, save_json, save_volume
@@ -50,7 +50,7 @@ def demo(
     brain = pick_brain(brain)
     console.print(f"simulating an x8 low-field scan of [bold]{brain}[/bold] (slice axis {axis})")
     case = held_out_case(brain, seed=seed, axis=axis, slab_mm=slab_mm or None)
-    options = EnhanceOptions(steps, "paper", samples, seed, resolve_device(device))
+    options = EnhanceOptions(steps, "paper", samples, seed, str(resolve_device(device)))
     with progress() as bar:
         task = bar.add_task("enhancing", total=steps)
         result = run_held_out(case, loaded, options, on_step=lambda i: bar.update(task, completed=i + 1))

@@ -41,13 +41,14 @@ def enhance(
     """
     from diffiqt.cli.common import console, progress
     from diffiqt.datasets import list_user_folder
+    from diffiqt.distributed import resolve_device
     from diffiqt.enhance import EnhanceOptions, load_model
     from diffiqt.errors import InputError
     from diffiqt.io import split_image_name
 
     import os
 
-    options = EnhanceOptions(steps, sampler, samples, seed, resolve_device(device), max_voxels)
+    options = EnhanceOptions(steps, sampler, samples, seed, str(resolve_device(device)), max_voxels)
     loaded = load_model(model)
     if loaded.warning:
         console.print(f"[yellow]note:[/yellow] {loaded.warning}")
@@ -62,18 +63,6 @@ def enhance(
     with progress() as bar:
         for scan, target in jobs:
             enhance_file(scan, target, loaded, options, png, bar)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    from diffiqt.errors import ConfigError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
-    return device
 
 
 def enhance_file(scan: Path, target: Path, model, options, png: bool, bar) -> None:
