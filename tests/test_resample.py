@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffiqt.io import Volume
-from diffiqt.resample import isotropic_grid, to_isotropic
+from diffiqt.resample import isotropic_grid, onto_shape, shared_extent, to_isotropic
 from diffiqt.simulate import LowFieldParams, simulate_low_field
 
 
@@ -33,3 +33,12 @@ def test_oblique_grid_keeps_axis_directions_and_origin():
     np.testing.assert_allclose(new_affine[:3, 3], affine[:3, 3])
     directions = new_affine[:3, :3] / np.linalg.norm(new_affine[:3, :3], axis=0)
     np.testing.assert_allclose(directions, rotation, atol=1e-12)
+
+
+def test_shared_extent_and_onto_shape_align_grids_at_voxel_zero():
+    values = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    assert shared_extent(values.shape, (4, 3, 4)) == (slice(0, 2), slice(0, 3), slice(0, 4))
+    placed = onto_shape(values, (4, 3, 4))
+    assert placed.shape == (4, 3, 4)
+    np.testing.assert_array_equal(placed[:2, :, :4], values[:, :, :4])  # shared part kept in place
+    assert not placed[2:].any()  # missing part padded with zeros

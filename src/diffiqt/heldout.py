@@ -20,7 +20,7 @@ from diffiqt.data import crop_sample
 from diffiqt.datasets import load_bundled
 from diffiqt.enhance import EnhanceOptions, EnhanceResult, Model, enhance
 from diffiqt.io import Volume
-from diffiqt.resample import to_isotropic
+from diffiqt.resample import shared_extent, to_isotropic
 from diffiqt.simulate import LowFieldParams, simulate_low_field
 
 LF_FACTOR = 8  # the paper's slice-direction decimation
@@ -72,19 +72,13 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
     return HeldOutCase(name, sample.t1, result.lf, brain, sample.mask | brain, info)
 
 
-def _common(volume: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """``volume`` cut to the extent it shares with ``like``: the model grid of a thick-slice scan shares
-    voxel 0 with the high-field grid but may be a slice or two longer or shorter."""
-    return volume[tuple(slice(0, min(a, b)) for a, b in zip(volume.shape, like.shape))]
-
-
 def score(prediction: np.ndarray, case: HeldOutCase) -> dict[str, float | None]:
     """Metrics of a prediction on the model grid against the truth (both protocols, tissue agreement) and,
     for whole-head scans, the mean absolute error between brain and scalp in % of the brain's range."""
     from diffiqt.metrics import evaluate
 
-    pred = _common(prediction, case.hf.data)
-    truth, brain, head = (_common(a, pred) for a in (case.hf.data, case.brain, case.head))
+    common = shared_extent(prediction.shape, case.hf.shape)
+    pred, truth, brain, head = (a[common] for a in (prediction, case.hf.data, case.brain, case.head))
     values = evaluate(pred, truth, brain)
     outside = head & ~brain
     if outside.any():
@@ -119,8 +113,8 @@ def uncertainty_error_spearman(enhanced: EnhanceResult, case: HeldOutCase, voxel
     samples and the absolute error of their mean (a random subset of voxels, fixed seed, for speed)."""
     from scipy.stats import spearmanr
 
-    mean = _common(enhanced.mean.data, case.hf.data)
-    std, truth, brain = (_common(a, mean) for a in (enhanced.std.data, case.hf.data, case.brain))
+    common = shared_extent(enhanced.mean.shape, case.hf.shape)
+    mean, std, truth, brain = (a[common] for a in (enhanced.mean.data, enhanced.std.data, case.hf.data, case.brain))
     index = np.flatnonzero(brain)
     index = np.random.default_rng(0).choice(index, min(voxels, index.size), replace=False)
     error = np.abs(mean.ravel()[index] - truth.ravel()[index])

@@ -41,3 +41,17 @@ def to_isotropic(volume: Volume, voxel_mm: float, order: int = 3) -> Volume:
     if shape == volume.shape and np.allclose(affine, volume.affine):
         return volume
     return resample(volume, affine, shape, order=order)
+
+
+def shared_extent(*shapes: tuple[int, ...]) -> tuple[slice, ...]:
+    """Index of the extent common to arrays whose grids share voxel 0 and spacing but not their length, such
+    as the model grid of a thick-slice scan (a slice or two longer or shorter) and the high-field grid."""
+    return tuple(slice(0, min(sizes)) for sizes in zip(*shapes))
+
+
+def onto_shape(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``values`` cut or zero-padded at the far end of each axis to ``shape`` (grids sharing voxel 0)."""
+    out = np.zeros(shape, dtype=values.dtype)
+    common = shared_extent(values.shape, shape)
+    out[common] = values[common]
+    return out

@@ -29,7 +29,7 @@ from diffiqt.diffusion import Denoiser
 from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
 from diffiqt.heldout import central_box
 from diffiqt.io import Volume
-from diffiqt.resample import to_isotropic
+from diffiqt.resample import shared_extent, to_isotropic
 
 UNTRAINED = "untrained:"  # model spec prefix: a freshly initialised preset, for timings only
 LF_FACTOR = 8  # slice-spacing factor of the simulated low-field scan
@@ -205,7 +205,7 @@ def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, f
     """
     from diffiqt.metrics import strict_protocol  # here: it imports scikit-learn, 2 s in every spawned process
 
-    common = tuple(slice(0, min(a, b)) for a, b in zip(mean.shape, brain.hf.shape))
+    common = shared_extent(mean.shape, brain.hf.shape)
     pred, truth, mask = mean[common], brain.hf.data[common], brain.mask[common]
     scores = strict_protocol(pred, truth, mask)
     excess = seam_measure(pred, mask, cell, tuple(box_lower)) - seam_measure(truth, mask, cell, tuple(box_lower))

@@ -86,26 +86,17 @@ def pick_brain(brain: str) -> str:
 
 def demo_montage(case, result, path: Path) -> Path:
     from diffiqt.figures import montage
+    from diffiqt.resample import onto_shape
 
     truth = case.hf
     cubic, enhanced = result.interpolated, result.enhanced.mean
-    errors = [(f"error {name}", truth.with_data(_on_truth_grid(vol.data, truth.data) - truth.data))
+    errors = [(f"error {name}", truth.with_data(onto_shape(vol.data, truth.shape) - truth.data))
               for name, vol in (("cubic", cubic), ("enhanced", enhanced))]
     panels = [("high field (truth)", truth), ("low field x8", case.lf), ("cubic", cubic), ("enhanced", enhanced), *errors]
     scores = result.scores
     title = (f"{case.name}: PSNR cubic {scores['cubic']['psnr']:.2f} dB, "
              f"enhanced {scores['enhanced']['psnr']:.2f} dB (brain mask)")
     return montage(panels, path, title=title, diverging={name for name, _ in errors})
-
-
-def _on_truth_grid(values, truth):
-    """``values`` on the model grid padded/cut to the truth's shape (the grids share voxel 0)."""
-    import numpy as np
-
-    out = np.zeros_like(truth)
-    common = tuple(slice(0, min(a, b)) for a, b in zip(values.shape, truth.shape))
-    out[common] = values[common]
-    return out
 
 
 def metrics_table(scores: dict, title: str):
