@@ -58,6 +58,14 @@ def test_segmentation_agreement_is_perfect_for_the_target_and_drops_with_blur(mn
     assert blurred["seg_miou"] < 0.9
 
 
+def test_segmentation_of_a_low_contrast_prediction_still_finds_white_matter(mni_crop):
+    t, mask = mni_crop.t1.data, mni_crop.mask
+    middle = float(np.median(t[mask]))
+    flat = np.where(t > middle, middle + 0.2 * (t - middle), t)  # grey/white contrast cut to a fifth
+    scores = metrics.segmentation_agreement(1.1 * flat, t, mask)
+    assert scores["dice_wm"] > 0.7
+
+
 def test_evaluate_reports_both_protocols(mni_crop):
     t, mask = mni_crop.t1.data, mni_crop.mask
     noisy = t + np.random.default_rng(0).normal(0, 5, t.shape).astype(np.float32)

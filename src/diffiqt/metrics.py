@@ -86,13 +86,15 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 
-def tissue_labels(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture."""
-    from diffiqt.tissues import gmm_tissue_maps
+def tissue_labels(volume: np.ndarray, mask: np.ndarray, start=None) -> tuple[np.ndarray, object]:
+    """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture, and the fitted mixture
+    (EM starts from the mixture ``start`` if given; see :func:`diffiqt.tissues.tissue_mixture`)."""
+    from diffiqt.tissues import tissue_mixture
 
-    maps = gmm_tissue_maps(volume, mask, seed=0)
+    # Fitted to convergence, so that EM started from a volume's own mixture stays where it is.
+    maps, mixture = tissue_mixture(volume, mask, seed=0, start=start, tol=1e-7)
     stacked = np.stack([maps[name] for name in TISSUE_LABELS])
-    return np.where(mask, stacked.argmax(axis=0) + 1, 0).astype(np.uint8)
+    return np.where(mask, stacked.argmax(axis=0) + 1, 0).astype(np.uint8), mixture
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,8 +108,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def segmentation_agreement(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Dice per tissue class and mean IoU of the mixture-model segmentations."""
-    pred_labels, target_labels = tissue_labels(pred, mask), tissue_labels(target, mask)
+    """Dice per tissue class and mean IoU of the mixture-model segmentations.
+
+    Each volume is segmented on its own, but EM on the prediction starts from the target's fitted
+    mixture: from the generic start, EM on a prediction with weaker grey/white contrast can settle with
+    two components on one peak, and the segmentation then has no white matter at all (seen on a
+    bench prediction), which would score the mixture's failure rather than the image.
+    """
+    target_labels, target_mixture = tissue_labels(target, mask)
+    pred_labels, _ = tissue_labels(pred, mask, start=target_mixture)
     scores = {}
     ious = []
     for value, name in enumerate(TISSUE_LABELS, start=1):

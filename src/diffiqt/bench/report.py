@@ -208,7 +208,9 @@ NOTES = (
     "Paper protocol: the central 192³ region (zero-padded where the volume is smaller), each volume min-max "
     "scaled to [0, 1]; strict protocol: the truth's intensity range, PSNR inside the brain mask, SSIM and MS-SSIM "
     "on its bounding box (MS-SSIM n/a below 97 voxels a side). See `diffiqt.metrics`.",
-    "Tissue Dice and mIoU compare 3-class (CSF/GM/WM) Gaussian-mixture segmentations of prediction and truth; the "
+    "Tissue Dice and mIoU compare 3-class (CSF/GM/WM) Gaussian-mixture segmentations of prediction and truth (EM on "
+    "the prediction starts from the truth's fitted mixture, so that a low-contrast prediction cannot end with two "
+    "components on one peak and no white matter); the "
     "paper's mIoU is over 95 FastSurfer parcellation classes, so only orderings compare, not values. LPIPS needs "
     "pretrained weights that are not available offline and is left out.",
     "3D ESRGAN's generator trains with the reconstruction loss only (MSE, as every method here); its adversarial "
