@@ -209,7 +209,7 @@ def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, f
     pred, truth, mask = mean[common], brain.hf.data[common], brain.mask[common]
     scores = strict_protocol(pred, truth, mask)
     excess = seam_measure(pred, mask, cell, tuple(box_lower)) - seam_measure(truth, mask, cell, tuple(box_lower))
-    return {"psnr": scores["psnr"], "ssim": scores["ssim"], "seam": 100 * excess / np.percentile(truth[mask], 99.5)}
+    return {"psnr": scores["psnr"], "ssim": scores["ssim"], "seam": float(100 * excess / np.percentile(truth[mask], 99.5))}
 
 
 def interpolation_quality(brain: Brain, model: Model) -> dict[str, float]:
