@@ -22,8 +22,13 @@ that use them, so that :func:`psnr` (training's validation) needs neither.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 PAPER_REGION = 192
 TISSUE_LABELS = ("csf", "gm", "wm")
@@ -86,7 +91,8 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 
-def tissue_labels(volume: np.ndarray, mask: np.ndarray, start=None) -> tuple[np.ndarray, object]:
+def tissue_labels(volume: np.ndarray, mask: np.ndarray, start: GaussianMixture | None = None
+                  ) -> tuple[np.ndarray, GaussianMixture]:
     """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture, and the fitted mixture
     (EM starts from the mixture ``start`` if given; see :func:`diffiqt.tissues.tissue_mixture`)."""
     from diffiqt.tissues import tissue_mixture
