@@ -25,6 +25,7 @@ def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
     input's world space that follows the anatomy. Quality against interpolation is the model card's
     business (scripts/model_card.py), not this test's: the CPU reference model does not yet beat it."""
     from diffiqt.enhance import EnhanceOptions, enhance, load_model
+    from diffiqt.resample import shared_extent
     from diffiqt.simulate import LowFieldParams, simulate_low_field
 
     model = load_model("default")
@@ -34,7 +35,7 @@ def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
     result = enhance(lf, model, EnhanceOptions(steps=20, seed=1))
     assert np.isfinite(result.mean.data).all()
     np.testing.assert_allclose(result.mean.affine[:3, 3], mni_crop.t1.affine[:3, 3], atol=1e-4)  # same world space
-    common = tuple(slice(0, min(a, b)) for a, b in zip(result.mean.shape, mni_crop.t1.shape))
+    common = shared_extent(result.mean.shape, mni_crop.t1.shape)
     mask = mni_crop.mask[common]
     assert np.corrcoef(result.mean.data[common][mask], mni_crop.t1.data[common][mask])[0, 1] > 0.8
 

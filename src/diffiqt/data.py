@@ -132,19 +132,25 @@ def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[Br
 
 def training_and_validation(cfg: DataConfig) -> tuple[list[BrainSample], list[BrainSample]]:
     """Load, crop and split the configured sources into training and validation brains."""
-    train = [_cropped(s, cfg) for s in load_sources(cfg.sources)]
+    train = [cropped(s, cfg) for s in load_sources(cfg.sources)]
     if cfg.val_sources:
-        val = [_cropped(s, cfg) for s in load_sources(cfg.val_sources)]
+        val = [cropped(s, cfg) for s in load_sources(cfg.val_sources)]
     else:
         pairs = [split_anterior(s, cfg.holdout_fraction, cfg.block_size) for s in train]
         train, val = [p[0] for p in pairs], [p[1] for p in pairs]
     return [trim_to_head(s) for s in train], [trim_to_head(s) for s in val]
 
 
-def _cropped(sample: BrainSample, cfg: DataConfig) -> BrainSample:
+def cropped(sample: BrainSample, cfg: DataConfig) -> BrainSample:
+    """``sample`` cut to ``cfg.crop`` (unchanged if none is set)."""
     if cfg.crop is None:
         return sample
     return crop_sample(sample, [r[0] for r in cfg.crop], [r[1] for r in cfg.crop])
+
+
+def model_voxel_mm(samples: list[BrainSample]) -> float:
+    """The model grid's voxel size, which enhancement resamples scans to: the median finest spacing of the training brains."""
+    return float(np.median([s.t1.voxel_size.min() for s in samples]))
 
 
 # ----------------------------------------------------------------------------- pairs

@@ -50,7 +50,7 @@ from safetensors.numpy import save_file
 
 from diffiqt import __version__
 from diffiqt.config import DataConfig, TrainConfig
-from diffiqt.data import Pair, crop_sample, load_sources, make_pair, trim_to_head, validation_blocks
+from diffiqt.data import Pair, cropped, load_sources, make_pair, model_voxel_mm, trim_to_head, validation_blocks
 from diffiqt.datasets import BrainSample
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.io import atomic_write
@@ -81,10 +81,7 @@ def training_sources(cfg: DataConfig) -> list[BrainSample]:
     held = [spec for spec in cfg.sources if spec in HELD_OUT]
     if held:
         raise ConfigError(f"{held[0]} is held out for the model card's evaluation; it must not be in a pairs file")
-    samples = load_sources(cfg.sources)
-    if cfg.crop is not None:
-        samples = [crop_sample(s, [r[0] for r in cfg.crop], [r[1] for r in cfg.crop]) for s in samples]
-    return [trim_to_head(s) for s in samples]
+    return [trim_to_head(cropped(s, cfg)) for s in load_sources(cfg.sources)]
 
 
 def head_box(mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +121,7 @@ def write_pairs_file(cfg: TrainConfig, path: str | Path, pairs: int, val_blocks:
     val = {k: v[:, 0].numpy() for k, v in validation_blocks(samples, data_cfg, cfg.seed).items()}
     tensors.update(_tensors("val", val["target"], val["cond"], val["mask"]))
     meta = {"format_version": VERSION, "diffiqt_version": __version__, "seed": cfg.seed,
-            "sources": [s.name for s in samples], "voxel_mm": float(np.median([s.t1.voxel_size.min() for s in samples])),
+            "sources": [s.name for s in samples], "voxel_mm": model_voxel_mm(samples),
             "block_size": data_cfg.block_size, "data": asdict(data_cfg), "pairs": facts, "val_blocks": len(val["target"])}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)}))
     return meta

@@ -30,7 +30,7 @@ from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, loa
                                 read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import TrainConfig, from_dict, merge, parse_assignment, read_file, validate
 from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
-                          training_and_validation, validation_blocks)
+                          model_voxel_mm, training_and_validation, validation_blocks)
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
@@ -261,7 +261,7 @@ class Trainer:
             self.data_origin = {"pairs_file": {"path": cfg.data.pairs_file, **stored.meta}}
         else:
             train, val = training_and_validation(cfg.data)
-            self.voxel_mm = float(np.median([s.t1.voxel_size.min() for s in train]))  # enhancement resamples to it
+            self.voxel_mm = model_voxel_mm(train)
             self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
         self.val: dict = {}
         ckpt = prepare_run_dir(self.out, cfg, resume)

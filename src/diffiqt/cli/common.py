@@ -1,4 +1,4 @@
-"""Small helpers shared by the command modules: progress bars and input resolution."""
+"""Small helpers shared by the command modules: progress bars, seeds, metric formatting."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def progress() -> Progress:
 def seed_for(seed: int, name: str) -> np.random.Generator:
     """A generator that depends on the run's seed and one item's name, not on its position in a folder."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+def format_metric(value: float | None, decimals: int = 4) -> str:
+    """A metric for a table or CSV; ``None`` (not computable, e.g. LPIPS without weights) is "n/a"."""
+    return "n/a" if value is None else f"{value:.{decimals}f}"

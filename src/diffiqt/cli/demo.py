@@ -102,15 +102,13 @@ def demo_montage(case, result, path: Path) -> Path:
 def metrics_table(scores: dict, title: str):
     from rich.table import Table
 
+    from diffiqt.cli.common import format_metric
+
     table = Table(title=title)
     table.add_column("method")
     present = [(key, label) for key, label in METRIC_COLUMNS if any(s.get(key) is not None for s in scores.values())]
     for _, label in present:
         table.add_column(label, justify="right")
     for method, values in scores.items():
-        table.add_row(method, *(_fmt(values.get(key)) for key, _ in present))
+        table.add_row(method, *(format_metric(values.get(key), 3) for key, _ in present))
     return table
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

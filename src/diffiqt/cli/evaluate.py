@@ -77,7 +77,7 @@ def evaluate(
       diffiqt evaluate --pred enhanced.nii.gz --target hf.nii.gz --png errors.png\n
       diffiqt evaluate --pred enhanced/ --target hf/ --csv scores.csv
     """
-    from diffiqt.cli.common import console, progress
+    from diffiqt.cli.common import console, format_metric, progress
     from diffiqt.io import OutputGroup, atomic_write, save_json
 
     pairs = pair_files(pred, target)
@@ -97,7 +97,7 @@ def evaluate(
             written.add(save_json(rows, json_out))
         if csv is not None:
             text = ",".join(["pred", "target", *keys]) + "\n" + "".join(
-                ",".join([r["pred"], r["target"], *[format_value(r[k]) for k in keys]]) + "\n" for r in rows)
+                ",".join([r["pred"], r["target"], *[format_metric(r[k]) for k in keys]]) + "\n" for r in rows)
             atomic_write(Path(csv), lambda tmp: tmp.write_text(text))
             written.add(Path(csv))
 
@@ -107,20 +107,18 @@ def metrics_table(rows: list[dict], keys: list[str]):
     import numpy as np
     from rich.table import Table
 
+    from diffiqt.cli.common import format_metric
+
     table = Table(title="diffiqt evaluate")
     table.add_column("metric")
     if len(rows) <= 4:
         for row in rows:
             table.add_column(Path(row["pred"]).name, justify="right")
         for key in keys:
-            table.add_row(key, *[format_value(row[key]) for row in rows])
+            table.add_row(key, *[format_metric(row[key]) for row in rows])
         return table
     table.add_column(f"mean ± sd over {len(rows)}", justify="right")
     for key in keys:
         values = [row[key] for row in rows if row[key] is not None]
         table.add_row(key, f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "n/a")
     return table
-
-
-def format_value(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
