@@ -22,7 +22,7 @@ import torch
 from diffiqt.config import DataConfig
 from diffiqt.data import crop_sample, simulate_pair
 from diffiqt.datasets import load_bundled
-from diffiqt.diffusion import SAMPLERS, Denoiser, add_noise
+from diffiqt.diffusion import SAMPLERS, add_noise
 from diffiqt.enhance import load_model
 from diffiqt.heldout import central_box
 
@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    denoiser = Denoiser(load_model(args.model).net.eval())
+    model = load_model(args.model)
+    denoiser = model.denoiser().eval()
     sample = load_bundled(args.brain)
     sample = crop_sample(sample, *central_box(sample.mask, 64))
     pair = simulate_pair(sample, DataConfig(lf_axis=2), np.random.default_rng(0))

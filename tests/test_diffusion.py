@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffiqt.diffusion import (LOGSNR_MAX, LOGSNR_MIN, SAMPLERS, Denoiser, add_noise, alpha_sigma, diffusion_loss,
-                               logsnr, reconstruction_loss)
+                               logsnr, reconstruction_loss, residual_preconditioning)
 
 T = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
 
@@ -81,6 +81,38 @@ def test_denoiser_joins_condition_and_noisy_image_and_passes_logsnr():
     assert torch.equal(x, torch.cat([cond, x_t], dim=1)) and layout == "patches"
     assert torch.allclose(lam, logsnr(torch.full((2,), 0.25)))
     assert torch.allclose(out, cond + 0.5 * x_t)
+
+
+class ZeroNet(torch.nn.Module):
+    def forward(self, x, logsnr, layout="volume"):
+        return torch.zeros_like(x[:, :1])
+
+
+@pytest.mark.parametrize("t, expected", [(1.0, "cond"), (0.0, "x_t")])
+def test_preconditioned_denoiser_is_interpolation_at_pure_noise_and_the_noisy_image_at_none(t, expected):
+    target, cond = _target_and_cond()
+    x_t = add_noise(target, torch.full((2,), t), torch.randn(target.shape))
+    out = Denoiser(ZeroNet(), residual_sigma=0.2)(cond, x_t, t)
+    assert torch.allclose(out, {"cond": cond, "x_t": x_t}[expected], atol=2e-3)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3, 0.6, 0.95])
+def test_preconditioning_gives_the_network_a_unit_variance_target(t):
+    """EDM's point: (r - c_skip (r + s eps)) / c_out has unit variance for a residual r of std residual_sigma."""
+    g = torch.Generator().manual_seed(0)
+    r, eps = 0.2 * torch.randn(400_000, generator=g, dtype=torch.float64), torch.randn(400_000, generator=g, dtype=torch.float64)
+    alpha, sigma = alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    c_skip, c_out = residual_preconditioning(torch.tensor(t, dtype=torch.float64), 0.2)
+    target = (r - c_skip * (r + sigma / alpha * eps)) / c_out
+    assert target.var().item() == pytest.approx(1.0, rel=0.01)
+
+
+def test_preconditioned_prediction_is_cond_plus_scaled_network_output_at_pure_noise():
+    net = RecordingNet()
+    target, cond = _target_and_cond()
+    x_t = torch.randn(target.shape)
+    out = Denoiser(net, residual_sigma=0.2)(cond, x_t, 1.0)
+    assert torch.allclose(out, cond + 0.2 * (cond + 0.5 * x_t), atol=2e-3)
 
 
 def test_loss_gradient_reaches_the_network():

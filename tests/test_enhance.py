@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +180,19 @@ def test_export_model_command_writes_a_loadable_model_and_keeps_one_default(tmp_
     second = run_cli("export-model", checkpoint_dir, "--name", "other", "--folder", tmp_path, "--default")
     assert second.returncode == 2 and "already the default" in second.stderr
     assert not (tmp_path / "other.json").exists()
+
+
+def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoint_and_shipped_card(tmp_path, conv_model):
+    from diffiqt.checkpoint import save_checkpoint
+    from diffiqt.config import TrainConfig
+    from diffiqt.enhance import load_model
+    from diffiqt.nets import network_config
+    from diffiqt.pretrained import export_checkpoint
+
+    cfg = TrainConfig()
+    cfg.diffusion.residual_sigma = 0.2
+    meta = {"network": network_config(conv_model.net), "train": cfg.to_dict()}
+    folder = save_checkpoint(tmp_path / "run", 1, meta, conv_model.net, conv_model.net, None)
+    assert load_model(folder).denoiser().residual_sigma == 0.2
+    _, card = export_checkpoint(folder, "pre", tmp_path, dtype="float32")
+    assert json.loads(card.read_text())["residual_sigma"] == 0.2

@@ -78,6 +78,9 @@ class DiffusionConfig:
     loss: str = "mse"  # "mse" (paper) or "l1"; also the loss of supervised baselines
     sampler: str = "paper"  # used for validation and as enhancement's default
     sample_steps: int = 20
+    # None: the paper's plain x-prediction. A number: the Denoiser's EDM-style preconditioning on the
+    # residual x - cond with this standard deviation (see diffiqt.diffusion.Denoiser); 0.2 suits T1w x8.
+    residual_sigma: float | None = None
 
 
 @dataclass

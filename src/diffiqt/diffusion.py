@@ -16,7 +16,11 @@ Dhariwal's offset s = 0.008.
 
 The network predicts the clean image (x-parameterisation). It never sees t:
 :class:`Denoiser` turns t into log-SNR, joins the condition and the noisy image
-on the channel axis and calls the network. Samplers are plain functions with
+on the channel axis and calls the network. Optionally (``residual_sigma``) the
+Denoiser preconditions the network as Karras et al. (2022, "EDM") do, on the
+residual x - cond: at low noise the prediction is then mostly the noisy image
+itself, so small errors of the network no longer build up along a sampling chain.
+The loss stays the paper's MSE on x. Samplers are plain functions with
 one signature (see :data:`SAMPLERS`); they work on any batch layout, e.g. a
 batch of 27 patches of one block (pass ``layout="patches"``) or whole volumes.
 """
@@ -62,22 +66,46 @@ def add_noise(x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     return _per_sample(alpha, x) * x + _per_sample(sigma, x) * noise
 
 
+def residual_preconditioning(t: Tensor, residual_sigma: float) -> tuple[Tensor, Tensor]:
+    """(c_skip, c_out) of EDM's preconditioning for a residual of standard deviation ``residual_sigma``.
+
+    With s = sigma_t / alpha_t the noise level of x_t / alpha_t, c_skip = r^2 / (s^2 + r^2) and
+    c_out = s r / sqrt(s^2 + r^2): the network's target (x - c_skip x_t / alpha_t) / c_out then has
+    unit variance at every t. Same shape as t.
+    """
+    s2 = torch.exp(-logsnr(t))  # s^2 = sigma^2 / alpha^2
+    r2 = residual_sigma ** 2
+    return r2 / (s2 + r2), torch.sqrt(s2 * r2 / (s2 + r2))
+
+
 class Denoiser(nn.Module):
     """Joins a network and the diffusion: x_hat = net([cond, x_t], logsnr(t)).
 
     The network takes [B, 2, D, H, W] (channel 0 the LF condition, channel 1
     the noisy image) and log-SNR [B], and returns the clean image [B, 1, D, H, W].
     Extra keyword arguments (e.g. ``layout="patches"``) go to the network.
+
+    With ``residual_sigma`` (the standard deviation of x - cond, about 0.2 in
+    normalised units) the network's output F is a correction instead:
+    x_hat = cond + c_skip (x_t / alpha_t - cond) + c_out F (:func:`residual_preconditioning`).
+    At t = 1 this is cond + r F (interpolation when F = 0), at t = 0 the noisy image.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, residual_sigma: float | None = None):
         super().__init__()
         self.net = net
+        self.residual_sigma = residual_sigma
 
     def forward(self, cond: Tensor, x_t: Tensor, t: Tensor | float, **net_kwargs) -> Tensor:
         """cond, x_t: [B, 1, D, H, W]; t: [B] or a scalar. Returns x_hat [B, 1, D, H, W]."""
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
-        return self.net(torch.cat([cond, x_t], dim=1), logsnr(t), **net_kwargs)
+        out = self.net(torch.cat([cond, x_t], dim=1), logsnr(t), **net_kwargs)
+        if self.residual_sigma is None:
+            return out
+        c_skip, c_out = residual_preconditioning(t, self.residual_sigma)
+        alpha, _ = alpha_sigma(t)
+        residual = x_t / _per_sample(alpha, x_t) - cond
+        return cond + _per_sample(c_skip, x_t) * residual + _per_sample(c_out, x_t) * out
 
 
 def reconstruction_loss(prediction: Tensor, target: Tensor, kind: str = "mse") -> Tensor:

@@ -46,6 +46,10 @@ class Model:
     voxel_mm: float = DEFAULT_VOXEL_MM
     description: str = ""
     warning: str | None = None  # what a shipped model's card says users must know before trusting it
+    residual_sigma: float | None = None  # the Denoiser's preconditioning it was trained with
+
+    def denoiser(self) -> Denoiser:
+        return Denoiser(self.net, self.residual_sigma)
 
     @property
     def cell(self) -> int:
@@ -76,11 +80,12 @@ def load_model(spec: str | Path) -> Model:
 
     if not Path(spec).exists():
         net, card = load_shipped(str(spec))
-        return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})", card.get("warning"))
+        return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})", card.get("warning"),
+                     card.get("residual_sigma"))
     meta = checkpoint.read_checkpoint(spec)
-    net, _ = checkpoint.load_model(meta.folder)
+    net, cfg = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
-    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})")
+    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma)
 
 
 def head_box(lf: np.ndarray, cell: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +164,7 @@ def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Ca
         raise ConfigError(f"unknown sampler {options.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if options.steps < 1 or options.samples < 1:
         raise ConfigError("--steps and --samples must be at least 1")
-    denoiser: nn.Module = Denoiser(model.net)
+    denoiser: nn.Module = model.denoiser()
     chunk = chunk_size(tuple(cond.shape[2:]), options.max_voxels, model.cell)
     if chunk is not None:
         denoiser = ChunkedDenoiser(denoiser, chunk, int(getattr(model.net, "receptive_field", 0)), model.cell)

@@ -86,6 +86,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_
     card = {
         "network": ckpt.meta["network"],
         "voxel_mm": float(ckpt.meta.get("voxel_mm", 1.0)),
+        "residual_sigma": ckpt.config.diffusion.residual_sigma,
         "sha256": sha256(weights),
         "dtype": dtype,
         "step": ckpt.step,

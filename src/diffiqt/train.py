@@ -28,7 +28,7 @@ from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
 from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, load_weights, prune_checkpoints,
                                 read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
-from diffiqt.config import TrainConfig, from_dict, merge, parse_assignment, read_file, validate
+from diffiqt.config import DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
 from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
                           model_voxel_mm, training_and_validation, validation_blocks)
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
@@ -115,7 +115,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else cfg.optim.lr
 
 
-def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, loss: str) -> Tensor:
+def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, diffusion: DiffusionConfig) -> Tensor:
     """The loss of one batch of blocks ({"target", "cond"}: [B, 1, S, S, S]) in the network's layout.
 
     Diffusion networks: Algorithm 1 with t ~ U[0, 1) per block (shared by its
@@ -124,11 +124,11 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, los
     """
     target, cond = to_layout(batch["target"], layout), to_layout(batch["cond"], layout)
     if not needs_time:
-        return reconstruction_loss(model(cond), target, loss)
+        return reconstruction_loss(model(cond), target, diffusion.loss)
     group = PATCHES_PER_BLOCK if layout == "patches" else 1
     t = torch.rand(target.shape[0] // group, device=target.device).repeat_interleave(group)
     noise = torch.randn(target.shape, device=target.device)
-    return diffusion_loss(Denoiser(model), target, cond, t, noise, loss, layout=layout)
+    return diffusion_loss(Denoiser(model, diffusion.residual_sigma), target, cond, t, noise, diffusion.loss, layout=layout)
 
 
 @torch.no_grad()
@@ -144,7 +144,7 @@ def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str,
     torch.manual_seed(cfg.seed)  # every training step reseeds the generator, so this changes nothing else
     with autocast(device, cfg):
         on_device = {k: blocks[k].to(device) for k in ("target", "cond")}
-        val_loss = float(batch_loss(net, net.needs_time, on_device, layout, cfg.diffusion.loss))
+        val_loss = float(batch_loss(net, net.needs_time, on_device, layout, cfg.diffusion))
     sampler = SAMPLERS[cfg.diffusion.sampler]
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     predictions = []
@@ -152,7 +152,8 @@ def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str,
         with autocast(device, cfg):
             net_cond = to_layout(cond.to(device), layout)
             if net.needs_time:
-                out = sampler(Denoiser(net), net_cond, cfg.diffusion.sample_steps, generator, layout=layout)
+                out = sampler(Denoiser(net, cfg.diffusion.residual_sigma), net_cond, cfg.diffusion.sample_steps,
+                              generator, layout=layout)
             else:
                 out = net(net_cond)
         predictions.append(from_layout(out.float(), layout).cpu())
@@ -300,7 +301,7 @@ class Trainer:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.model.train()
         with autocast(self.device, self.cfg):
-            loss = batch_loss(self.model, self.net.needs_time, batch, self.layout, self.cfg.diffusion.loss)
+            loss = batch_loss(self.model, self.net.needs_time, batch, self.layout, self.cfg.diffusion)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)

@@ -25,7 +25,6 @@ import torch
 from diffiqt import data
 from diffiqt.bench.measure import precision
 from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
-from diffiqt.diffusion import Denoiser
 from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
 from diffiqt.heldout import central_box
 from diffiqt.io import Volume
@@ -159,7 +158,7 @@ def run_windows(job: SchemeJob, model: Model, device: torch.device) -> SchemeOut
     scale = data.lf_scale(grid.data)
     lower, upper = head_box(grid.data, model.cell, int(round(HEAD_MARGIN_MM / model.voxel_mm)))
     cond = torch.from_numpy(extract(data.normalise(grid.data, scale), lower, upper))[None, None].to(device)
-    denoiser = SlidingWindowDenoiser(Denoiser(model.net), model.cell, job.blend).to(device)
+    denoiser = SlidingWindowDenoiser(model.denoiser(), model.cell, job.blend).to(device)
     outcome = SchemeOutcome(0.0, 0.0, 0.0, "", lower.tolist(), (upper - lower).tolist(),
                             windows=denoiser.window_count(tuple(cond.shape[2:])))
     if job.time_windows:

@@ -72,6 +72,10 @@ class DiffusionIQTNet(nn.Module):
     layout="patches": B = 27·Nb patches of ``patch_size``³, each group of 27 the 3×3×3 grid of one block in
     the order of :mod:`diffiqt.nets.crossbatch`; all 27 must share one logsnr. With ``cross_batch`` the
     blocks are reassembled so the patches see each other; without, each patch runs alone.
+
+    ``condition_skip`` adds the LF condition to the output and starts the head at zero (the identity on
+    the condition). ``zero_head`` only starts the head at zero: for a Denoiser with ``residual_sigma``,
+    which adds the condition itself, so that the untrained network already returns interpolation.
     """
 
     name = "diffiqt"
@@ -93,6 +97,7 @@ class DiffusionIQTNet(nn.Module):
         patch_size: int = 32,
         time_dim: int = 256,
         condition_skip: bool = False,
+        zero_head: bool = False,
     ):
         super().__init__()
         levels = len(widths)
@@ -126,7 +131,7 @@ class DiffusionIQTNet(nn.Module):
         )
         self.head = nn.Sequential(ChannelNorm(widths[0]), Mish(), PointwiseConv(widths[0], 1))
         self.condition_skip = condition_skip
-        if condition_skip:
+        if condition_skip or zero_head:
             # The network learns the correction to the LF condition and starts as the identity on it,
             # i.e. at interpolation quality; on a short (CPU) budget this is what lets it beat interpolation.
             start_at_zero(self.head[-1])
