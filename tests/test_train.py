@@ -173,6 +173,20 @@ def test_small_network_trains_in_the_patch_layout_and_reloads(tmp_path):
     assert meta["network"]["patch_size"] == 8 and meta["voxel_mm"] == 1.0
 
 
+def test_a_run_can_start_from_another_runs_weights(tmp_path):
+    """init_from (fine-tuning): with a vanishing learning rate the new run's weights are the first run's EMA weights."""
+    first = tmp_path / "first"
+    train(tiny_config("steps=3"), first, progress=False)
+    train(tiny_config("steps=1", "optim.lr=1e-12", f"init_from={first}"), tmp_path / "second", progress=False)
+    fresh = weights(first, "ema")
+    for name, tensor in weights(tmp_path / "second").items():
+        torch.testing.assert_close(tensor, fresh[name], rtol=0, atol=1e-9, msg=name)
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(tiny_config("steps=1", 'network.overrides={"width": 6}', f"init_from={first}"), tmp_path / "third",
+              progress=False)
+    assert not (tmp_path / "third").exists()
+
+
 def test_cli_train_and_resume(tmp_path):
     from typer.testing import CliRunner
 

@@ -102,6 +102,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     tensorboard: bool = False
+    # Fine-tuning: a run/checkpoint folder or shipped model name whose (EMA) weights start a new run
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
-from diffiqt.checkpoint import (Checkpoint, build_network, list_checkpoints, load_weights, prune_checkpoints,
-                                read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
+from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, find_checkpoint, list_checkpoints, load_weights,
+                                prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
 from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
                           model_voxel_mm, training_and_validation, validation_blocks)
@@ -241,6 +241,15 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> Checkpoint | N
 
 # ----------------------------------------------------------------------------- the loop
 
+def initial_weights(spec: str) -> dict[str, Tensor]:
+    """The EMA weights of a run or checkpoint folder, or of a shipped model, to start a fine-tuning run from."""
+    if Path(spec).exists():
+        return read_tensors(find_checkpoint(spec) / "ema.safetensors")
+    from diffiqt.pretrained import load_shipped
+
+    return load_shipped(spec)[0].state_dict()
+
+
 class Trainer:
     """State of one training process: network, EMA, optimizer, data, logs."""
 
@@ -265,7 +274,12 @@ class Trainer:
             self.voxel_mm = model_voxel_mm(train)
             self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
         self.val: dict = {}
+        initial = initial_weights(cfg.init_from) if cfg.init_from else None
+        if initial is not None:
+            check_fits(self.net, initial, cfg.init_from)
         ckpt = prepare_run_dir(self.out, cfg, resume)
+        if ckpt is None and initial is not None:
+            self.net.load_state_dict(initial)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
