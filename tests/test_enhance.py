@@ -196,3 +196,19 @@ def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoin
     assert load_model(folder).denoiser().residual_sigma == 0.2
     _, card = export_checkpoint(folder, "pre", tmp_path, dtype="float32")
     assert json.loads(card.read_text())["residual_sigma"] == 0.2
+
+
+def test_a_models_own_sampling_steps_are_the_default_and_the_card_can_name_others(tmp_path, conv_model):
+    from diffiqt.checkpoint import save_checkpoint
+    from diffiqt.config import TrainConfig
+    from diffiqt.enhance import load_model
+    from diffiqt.nets import network_config
+    from diffiqt.pretrained import export_checkpoint
+
+    cfg = TrainConfig()
+    cfg.diffusion.sample_steps = 3
+    meta = {"network": network_config(conv_model.net), "train": cfg.to_dict()}
+    folder = save_checkpoint(tmp_path / "run", 1, meta, conv_model.net, conv_model.net, None)
+    assert load_model(folder).steps == 3
+    assert json.loads(export_checkpoint(folder, "a", tmp_path)[1].read_text())["sample_steps"] == 3
+    assert json.loads(export_checkpoint(folder, "b", tmp_path, steps=1)[1].read_text())["sample_steps"] == 1

@@ -36,6 +36,7 @@ from diffiqt.resample import to_isotropic
 
 HEAD_MARGIN_MM = 8.0
 DEFAULT_VOXEL_MM = 1.0
+DEFAULT_STEPS = 20  # the paper's
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Model:
     description: str = ""
     warning: str | None = None  # what a shipped model's card says users must know before trusting it
     residual_sigma: float | None = None  # the Denoiser's preconditioning it was trained with
+    steps: int = DEFAULT_STEPS  # sampling steps the model is meant to be used with (its card's or training config's)
 
     def denoiser(self) -> Denoiser:
         return Denoiser(self.net, self.residual_sigma)
@@ -81,11 +83,12 @@ def load_model(spec: str | Path) -> Model:
     if not Path(spec).exists():
         net, card = load_shipped(str(spec))
         return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})", card.get("warning"),
-                     card.get("residual_sigma"))
+                     card.get("residual_sigma"), int(card.get("sample_steps", DEFAULT_STEPS)))
     meta = checkpoint.read_checkpoint(spec)
     net, cfg = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
-    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma)
+    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma,
+                 steps=cfg.diffusion.sample_steps)
 
 
 def head_box(lf: np.ndarray, cell: int, margin: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from diffiqt.data import crop_sample
-from diffiqt.datasets import load_bundled
+from diffiqt.data import crop_sample, load_sources
 from diffiqt.enhance import EnhanceOptions, EnhanceResult, Model, enhance
+from diffiqt.errors import InputError
 from diffiqt.io import Volume
 from diffiqt.resample import shared_extent, to_isotropic
 from diffiqt.simulate import LowFieldParams, simulate_low_field
@@ -57,9 +57,12 @@ def central_box(mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
 
 def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, slab_mm: float | None = None,
                   region: int | None = None) -> HeldOutCase:
-    """Bundled brain ``name`` and its x8 scan along ``axis``; optionally only the central ``slab_mm``-thick
-    slab across the slice axis (a quicker demo) or the central ``region``³ cube (the CPU benchmark)."""
-    sample = load_bundled(name)
+    """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.data.load_sources`)
+    and its x8 scan along ``axis``; optionally only the central ``slab_mm``-thick slab across the slice axis
+    (a quicker demo) or the central ``region``³ cube (the CPU benchmark)."""
+    sample = load_sources([name])[0]
+    if sample.tissues is None:
+        raise InputError(f"{name}: tissue maps are needed to know where the brain is (see docs/data.md)")
     if slab_mm:
         size = int(round(slab_mm / float(sample.t1.voxel_size[axis])))
         sample = crop_sample(sample, *_slab_box(sample.mask, axis, size))
@@ -68,7 +71,7 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
     params = LowFieldParams.for_factor(LF_FACTOR, float(sample.t1.voxel_size[axis]), axis=axis)
     result = simulate_low_field(sample.t1, sample.tissues, params, np.random.default_rng(seed), upsample=False)
     brain = sum(m.data for m in sample.tissues.as_dict().values()) > 0.5  # the maps cover the brain, with a skull too
-    info = {**result.info, "source": f"bundled:{name}", "seed": seed, "slab_mm": slab_mm, "region": region}
+    info = {**result.info, "source": name, "seed": seed, "slab_mm": slab_mm, "region": region}
     return HeldOutCase(name, sample.t1, result.lf, brain, sample.mask | brain, info)
 
 

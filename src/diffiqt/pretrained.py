@@ -72,8 +72,11 @@ def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
 
 
 def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_DIR, *, dtype: str = "float16",
-                      default: bool = False, summary: dict | None = None) -> tuple[Path, Path]:
-    """Write a checkpoint's EMA weights as a shipped model ``name`` (weights + card)."""
+                      default: bool = False, summary: dict | None = None, steps: int | None = None) -> tuple[Path, Path]:
+    """Write a checkpoint's EMA weights as a shipped model ``name`` (weights + card).
+
+    ``steps``: the sampling steps ``diffiqt enhance`` uses for it by default (None: its training config's).
+    """
     from diffiqt.checkpoint import read_checkpoint, read_tensors
 
     if dtype not in ("float16", "float32"):
@@ -87,6 +90,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_
         "network": ckpt.meta["network"],
         "voxel_mm": float(ckpt.meta.get("voxel_mm", 1.0)),
         "residual_sigma": ckpt.config.diffusion.residual_sigma,
+        "sample_steps": steps or ckpt.config.diffusion.sample_steps,
         "sha256": sha256(weights),
         "dtype": dtype,
         "step": ckpt.step,

@@ -20,7 +20,7 @@ def demo(
     model: str = typer.Option("default", "--model", help="Shipped model name ('default') or a checkpoint / run folder, as for `diffiqt enhance`."),
     slab_mm: float = typer.Option(48.0, "--slab-mm", help="Enhance only the central slab this thick across the slice axis (quicker); 0: the whole head."),
     axis: int = typer.Option(2, help="Slice axis of the simulated scan in RAS+ voxels: 0 sagittal, 1 coronal, 2 axial."),
-    steps: int = typer.Option(20, help="Sampling steps (the paper's 20)."),
+    steps: int = typer.Option(None, help="Sampling steps; default: the model's own (the paper uses 20).", show_default=False),
     samples: int = typer.Option(1, help="Stochastic samples; more than 1 also writes the uncertainty (sd) map."),
     seed: int = typer.Option(0, help="Seed of the low-field simulation and of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
@@ -50,9 +50,9 @@ def demo(
     brain = pick_brain(brain)
     console.print(f"simulating an x8 low-field scan of [bold]{brain}[/bold] (slice axis {axis})")
     case = held_out_case(brain, seed=seed, axis=axis, slab_mm=slab_mm or None)
-    options = EnhanceOptions(steps, "paper", samples, seed, str(resolve_device(device)))
+    options = EnhanceOptions(steps if steps is not None else loaded.steps, "paper", samples, seed, str(resolve_device(device)))
     with progress() as bar:
-        task = bar.add_task("enhancing", total=steps)
+        task = bar.add_task("enhancing", total=options.steps)
         result = run_held_out(case, loaded, options, on_step=lambda i: bar.update(task, completed=i + 1))
     enhanced = result.enhanced
     with OutputGroup() as written:
@@ -66,7 +66,7 @@ def demo(
         written.add(save_json({"diffiqt_version": __version__, "brain": brain, "model": loaded.description,
                                "simulation": case.simulation, "enhance": enhanced.info,
                                "enhance_seconds": result.seconds, "metrics": result.scores}, out / "metrics.json"))
-    console.print(metrics_table(result.scores, f"{brain}: {result.seconds:.0f} s for {steps} steps"))
+    console.print(metrics_table(result.scores, f"{brain}: {result.seconds:.0f} s for {options.steps} steps"))
     for path in written.paths:
         typer.echo(str(path))
 

@@ -14,7 +14,7 @@ def enhance(
     source: Path = typer.Argument(..., help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them."),
     out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
     model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
-    steps: int = typer.Option(20, help="Sampling steps (the paper uses 20; fewer is faster and smoother)."),
+    steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
     sampler: str = typer.Option("paper", help="paper (Algorithm 2), ancestral (posterior) or ddim (deterministic)."),
     samples: int = typer.Option(1, help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty)."),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
@@ -48,8 +48,8 @@ def enhance(
 
     import os
 
-    options = EnhanceOptions(steps, sampler, samples, seed, str(resolve_device(device)), max_voxels)
     loaded = load_model(model)
+    options = EnhanceOptions(steps if steps is not None else loaded.steps, sampler, samples, seed, str(resolve_device(device)), max_voxels)
     if loaded.warning:
         console.print(f"[yellow]note:[/yellow] {loaded.warning}")
     if source.is_dir():

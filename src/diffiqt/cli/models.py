@@ -73,6 +73,7 @@ def export_model(
     dtype: Annotated[str, typer.Option(help="float16 (half the size; enhancement computes in float32) or float32.")] = "float16",
     default: Annotated[bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")] = False,
     summary: Annotated[str | None, typer.Option("--summary", help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sample_steps).", show_default=False)] = None,
 ) -> None:
     """Turn a training checkpoint's EMA weights into a model that `diffiqt enhance --model NAME` finds.
 
@@ -96,6 +97,6 @@ def export_model(
         for other, card in shipped_models(target).items():
             if card.get("default") and other != name:
                 raise InputError(f"{other} is already the default model in {target}; drop --default or remove it first")
-    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra)
+    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps)
     typer.echo(str(weights))
     typer.echo(str(card))
