@@ -181,10 +181,13 @@ def test_a_run_can_start_from_another_runs_weights(tmp_path):
     fresh = weights(first, "ema")
     for name, tensor in weights(tmp_path / "second").items():
         torch.testing.assert_close(tensor, fresh[name], rtol=0, atol=1e-9, msg=name)
-    with pytest.raises(ConfigError, match="do not fit"):
+    with pytest.raises(ConfigError, match="width"):
         train(tiny_config("steps=1", 'network.overrides={"width": 6}', f"init_from={first}"), tmp_path / "third",
               progress=False)
-    assert not (tmp_path / "third").exists()
+    with pytest.raises(ConfigError, match="residual_sigma"):
+        train(tiny_config("steps=1", "diffusion.residual_sigma=0.2", f"init_from={first}"), tmp_path / "fourth",
+              progress=False)
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()
 
 
 def test_cli_train_and_resume(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
-from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, find_checkpoint, list_checkpoints, load_weights,
+from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, list_checkpoints, load_weights,
                                 prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
 from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
@@ -241,13 +242,29 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> Checkpoint | N
 
 # ----------------------------------------------------------------------------- the loop
 
-def initial_weights(spec: str) -> dict[str, Tensor]:
-    """The EMA weights of a run or checkpoint folder, or of a shipped model, to start a fine-tuning run from."""
+def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
+    """(EMA weights, network config, residual_sigma) of a run or checkpoint folder, or of a shipped model:
+    what a fine-tuning run (``init_from``) starts from."""
     if Path(spec).exists():
-        return read_tensors(find_checkpoint(spec) / "ema.safetensors")
+        ckpt = read_checkpoint(spec)
+        return read_tensors(ckpt.folder / "ema.safetensors"), ckpt.meta["network"], ckpt.config.diffusion.residual_sigma
     from diffiqt.pretrained import load_shipped
 
-    return load_shipped(spec)[0].state_dict()
+    net, card = load_shipped(spec)
+    return net.state_dict(), card["network"], card.get("residual_sigma")
+
+
+def check_initial(cfg: TrainConfig, net: nn.Module, network: dict, residual_sigma: float | None) -> None:
+    """The run must build the same model as the one it starts from: same weights' shapes, same settings
+    (e.g. condition_skip, which changes no shape), same Denoiser preconditioning."""
+    mine = json.loads(json.dumps(dict(net.config)))  # tuples as lists, as stored
+    if mine != network:
+        key = sorted(k for k in set(mine) | set(network) if mine.get(k) != network.get(k))[0]
+        raise ConfigError(f"init_from {cfg.init_from}: its network has {key}={network.get(key)!r}, this run's "
+                          f"{mine.get(key)!r}; set network.name/overrides to match")
+    if residual_sigma != cfg.diffusion.residual_sigma:
+        raise ConfigError(f"init_from {cfg.init_from}: it was trained with diffusion.residual_sigma={residual_sigma}, "
+                          f"this run has {cfg.diffusion.residual_sigma}")
 
 
 class Trainer:
@@ -274,8 +291,10 @@ class Trainer:
             self.voxel_mm = model_voxel_mm(train)
             self.val_blocks = validation_blocks(val, cfg.data, cfg.seed) if self.rank == 0 else None
         self.val: dict = {}
-        initial = initial_weights(cfg.init_from) if cfg.init_from else None
-        if initial is not None:
+        initial = None
+        if cfg.init_from:
+            initial, network, residual_sigma = initial_weights(cfg.init_from)
+            check_initial(cfg, self.net, network, residual_sigma)
             check_fits(self.net, initial, cfg.init_from)
         ckpt = prepare_run_dir(self.out, cfg, resume)
         if ckpt is None and initial is not None:

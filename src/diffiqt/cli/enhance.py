@@ -52,6 +52,9 @@ def enhance(
     options = EnhanceOptions(steps if steps is not None else loaded.steps, sampler, samples, seed, str(resolve_device(device)), max_voxels)
     if loaded.warning:
         console.print(f"[yellow]note:[/yellow] {loaded.warning}")
+    if options.samples > 1 and options.steps == 1:
+        console.print("[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
+                      "from, so their spread is no uncertainty map; use --steps 20 for one")
     if source.is_dir():
         if out.suffix:
             raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
