@@ -243,21 +243,23 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> Checkpoint | N
 # ----------------------------------------------------------------------------- the loop
 
 def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
-    """(EMA weights, network config, residual_sigma) of a run or checkpoint folder, or of a shipped model:
-    what a fine-tuning run (``init_from``) starts from."""
-    if Path(spec).exists():
-        ckpt = read_checkpoint(spec)
-        return read_tensors(ckpt.folder / "ema.safetensors"), ckpt.meta["network"], ckpt.config.diffusion.residual_sigma
-    from diffiqt.pretrained import load_shipped
+    """(EMA weights, network config, residual_sigma) of a run or checkpoint folder, or of a shipped model,
+    resolved as ``diffiqt enhance --model`` resolves it: what a fine-tuning run (``init_from``) starts from."""
+    from diffiqt.enhance import load_model
 
-    net, card = load_shipped(spec)
-    return net.state_dict(), card["network"], card.get("residual_sigma")
+    model = load_model(spec)
+    return model.net.state_dict(), stored_config(model.net), model.residual_sigma
+
+
+def stored_config(net: nn.Module) -> dict:
+    """A network's config as checkpoints and cards store it (JSON: tuples become lists)."""
+    return json.loads(json.dumps(dict(net.config)))
 
 
 def check_initial(cfg: TrainConfig, net: nn.Module, network: dict, residual_sigma: float | None) -> None:
     """The run must build the same model as the one it starts from: same weights' shapes, same settings
     (e.g. condition_skip, which changes no shape), same Denoiser preconditioning."""
-    mine = json.loads(json.dumps(dict(net.config)))  # tuples as lists, as stored
+    mine = stored_config(net)
     if mine != network:
         key = sorted(k for k in set(mine) | set(network) if mine.get(k) != network.get(k))[0]
         raise ConfigError(f"init_from {cfg.init_from}: its network has {key}={network.get(key)!r}, this run's "
