@@ -14,7 +14,10 @@ import torch.distributed as dist
 
 
 def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun sets RANK and WORLD_SIZE together with MASTER_ADDR and MASTER_PORT, which joining needs; a
+    stray RANK or WORLD_SIZE alone (left in a shell, or set by another tool) is a single process."""
+    env = os.environ
+    return all(k in env for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")) and int(env.get("WORLD_SIZE", "1")) > 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,7 +26,13 @@ def resolve_device(name: str) -> torch.device:
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    unknown = ConfigError(f"device {name!r}: give cpu, cuda, cuda:N or auto")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # not a device name at all
+        raise unknown from None
+    if device.type not in ("cpu", "cuda"):  # e.g. meta, whose tensors hold no data
+        raise unknown
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available")
     if device.type == "cuda" and device.index is None:

@@ -17,8 +17,9 @@ import os
 import tempfile
 import zlib
 from dataclasses import dataclass, field, replace
+from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -93,6 +94,11 @@ class Volume:
         """World coordinates (mm) of voxel coordinates (..., 3)."""
         ijk = np.asarray(ijk, dtype=np.float64)
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper world corners (mm) of the axis-aligned box that the voxels (edges included) cover."""
+        corners = self.voxel_to_world(list(product(*[(-0.5, n - 0.5) for n in self.shape])))
+        return corners.min(axis=0), corners.max(axis=0)
 
 
 def has_image_suffix(path: str | os.PathLike) -> bool:
@@ -195,12 +201,43 @@ def check_output_path(out: str | os.PathLike, inputs=()) -> Path:
     for inp in inputs:
         if inp is not None and Path(inp).resolve() == resolved:
             raise OutputError(f"{out}: output path is the input file; refusing to overwrite it")
-    folder = resolved.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: not a folder")
-    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{folder}: folder is not writable")
+    _check_folder(resolved.parent)
     return out
+
+
+def _check_folder(folder: Path) -> None:
+    """The folder an output goes to (or its nearest existing ancestor, where it will be created) is writable."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{existing}: folder is not writable")
+
+
+def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iterable[str | os.PathLike],
+                  *, force: bool) -> None:
+    """Refuse, before any work, a command whose outputs would lose something the user owns.
+
+    ``outputs`` are (path, what it is written for) pairs. Refused: an output that is one of ``inputs``
+    (any of them, not only its own: in folder mode ``a_enhanced.nii.gz`` may be another scan); two
+    outputs that are one file (the sidecars of ``x.nii`` and ``x.nii.gz`` are both ``x.json``); an
+    output that is a folder; an output that exists, unless ``force``; an unwritable folder.
+    """
+    protected = {Path(p).resolve() for p in inputs}
+    owners: dict[Path, str] = {}
+    for out, owner in outputs:
+        out = Path(out)
+        resolved = out.resolve()
+        if resolved in protected:
+            raise OutputError(f"{out}: output path is an input file; refusing to overwrite it")
+        if resolved in owners:
+            raise OutputError(f"{out}: would be written for both {owners[resolved]} and {owner}; rename one of them")
+        owners[resolved] = owner
+        if out.is_dir():
+            raise OutputError(f"{out}: is a folder; an output file is needed")
+        if out.exists() and not force:
+            raise OutputError(f"{out}: already exists; give --force to replace it")
+        _check_folder(resolved.parent)
 
 
 def _current_umask() -> int:
@@ -256,11 +293,14 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
     back into that file's orientation and written with its affine and header, so
     a round trip is exact. Otherwise it is written in RAS+ with its own affine
     (qform and sform both set, codes taken from the source header if any).
-    ``inputs`` are paths the output must not overwrite.
+    ``inputs`` are paths the output must not overwrite. A volume with NaN or Inf voxels is refused.
     """
     import nibabel as nib
 
     path = check_output_path(path, inputs)
+    bad = int(np.count_nonzero(~np.isfinite(volume.data)))
+    if bad:  # e.g. a model with NaN weights: a volume of NaN is no result, and must not pass as one
+        raise OutputError(f"{path}: not written: {bad} of {volume.data.size} voxels of the result are NaN or Inf")
     try:
         if volume.source is not None and _on_source_grid(volume):
             src = volume.source
@@ -315,12 +355,9 @@ def sibling_path(path: str | os.PathLike, tag: str, suffix: str | None = None) -
     return path.with_name(f"{stem}{tag}{suffix if suffix is not None else ext}")
 
 
-def save_json(obj, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    import json
-
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
     try:
         atomic_write(path, lambda tmp: tmp.write_text(text))
     except OSError as exc:
@@ -328,11 +365,33 @@ def save_json(obj, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_json(obj, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically; NaN and infinite numbers are written as null.
+
+    JSON has no NaN or Infinity: Python would write them anyway, and strict readers (jq, browsers,
+    most other languages) then refuse the whole file.
+    """
+    import json
+
+    return save_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n", path)
+
+
+def _finite(value):
+    """``value`` with every non-finite float (Python's or numpy's, arrays included) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _json_default(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from diffiqt.checkpoint import build_network, check_fits, read_checkpoint, read_tensors, save_checkpoint
-from diffiqt.errors import ConfigError, InputError
+from diffiqt.checkpoint import CHECKPOINT_DIR, build_network, check_fits, read_checkpoint, read_tensors, save_checkpoint
+from diffiqt.errors import ConfigError, InputError, OutputError
 
 CONFIG_NAME = "checkpoint.json"  # the checkpoint's config.json, renamed so that it cannot be taken for a run's
 SHARD_GLOB = "ema-*-of-*.safetensors"
@@ -85,9 +85,14 @@ def join_checkpoint(folder: str | Path, run_dir: str | Path) -> Path:
 
     ``model.safetensors`` holds the EMA weights too (the raw weights were not brought
     back), and the optimizer state is absent, so ``--resume`` refuses the run.
-    train.csv and val.csv are copied into ``run_dir`` if ``folder`` has them.
+    train.csv and val.csv are copied into ``run_dir`` if ``folder`` has them. A ``run_dir`` that already
+    holds a run is refused: its logs would be replaced and its checkpoint of that step stripped of the
+    optimizer state and raw weights, so that it could no longer be resumed.
     """
     folder, run_dir = Path(folder), Path(run_dir)
+    held = next((name for name in ("config.json", CHECKPOINT_DIR, *LOGS) if (run_dir / name).exists()), None)
+    if held is not None:
+        raise OutputError(f"{run_dir}: already holds a run ({held}); join into a new folder")
     if not (folder / CONFIG_NAME).is_file():
         raise InputError(f"{folder}: no {CONFIG_NAME}; give the folder split-checkpoint wrote")
     meta = json.loads((folder / CONFIG_NAME).read_text())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,12 +13,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
-def progress() -> Progress:
-    """A rich progress bar on stderr (stdout stays clean for tables and JSON)."""
-    return Progress(
+@contextmanager
+def progress() -> Iterator[Progress]:
+    """A rich progress bar on stderr (stdout stays clean for tables and JSON).
+
+    If the block fails the bar is not left behind, so that the error is the one line the user sees.
+    """
+    bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
     )
+    with bar:
+        try:
+            yield bar
+        except BaseException:
+            bar.live.transient = True  # read when the bar stops: erased on a terminal, never printed elsewhere
+            raise
 
 
 def seed_for(seed: int, name: str) -> np.random.Generator:

@@ -21,6 +21,7 @@ def enhance(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (cuda if available)."),
     max_voxels: int = typer.Option(None, help="Evaluate the network in chunks of at most this many voxels (same result, less memory)."),
     png: bool = typer.Option(False, help="Also write a PNG montage (LF | enhanced | std) as *_montage.png."),
+    force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
 ) -> None:
     """Enhance low-field brain MRI with a trained DiffusionIQT model.
 
@@ -39,45 +40,74 @@ def enhance(
       diffiqt enhance lf_folder/ -o enhanced/ --model runs/cpu-small\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
+    from diffiqt import distributed
     from diffiqt.cli.common import console, progress
     from diffiqt.datasets import list_user_folder
-    from diffiqt.distributed import resolve_device
+    from diffiqt.diffusion import SAMPLERS
     from diffiqt.enhance import EnhanceOptions, load_model
-    from diffiqt.errors import InputError
-    from diffiqt.io import split_image_name
+    from diffiqt.errors import ConfigError, InputError
+    from diffiqt.io import check_output_path, check_outputs, load_volume, split_image_name
+    from diffiqt.pretrained import resolve_model
 
-    import os
-
-    loaded = load_model(model)
-    options = EnhanceOptions(steps if steps is not None else loaded.steps, sampler, samples, seed, str(resolve_device(device)), max_voxels)
+    # Everything that can be checked without the model is checked before it loads (seconds), so that a
+    # mistake costs nothing and is the one line printed.
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if (steps is not None and steps < 1) or samples < 1 or (max_voxels is not None and max_voxels < 1):
+        raise ConfigError("--steps, --samples and --max-voxels must be at least 1")
+    target_device = distributed.resolve_device(device)
+    ref = resolve_model(model)
+    folder_mode = source.is_dir()
+    if folder_mode:
+        if out.suffix:
+            raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
+        scans = list_user_folder(source)
+        jobs = [(f, out / f"{split_image_name(f)[0]}_enhanced{split_image_name(f)[1]}") for f in scans]
+    else:
+        scans, jobs = [source], [(source, check_output_path(out))]  # a .nii.gz/.mgz name (folder mode keeps the scans')
+    check_outputs([(path, scan.name) for scan, target in jobs for path in outputs_of(target, samples, png)], scans, force=force)
+    lf = None if folder_mode else load_volume(source)
+    if folder_mode:
+        # Under torchrun each process takes every world-th scan. The split follows the process group, not
+        # RANK/WORLD_SIZE alone: a stray RANK in the environment must not make a single process skip scans.
+        # Joining (with a barrier) also keeps one process's new outputs from failing another's checks above.
+        distributed.init(target_device.type)
+        distributed.barrier()
+        jobs = jobs[distributed.rank()::distributed.world_size()]
+    try:
+        loaded = load_model(ref.name if ref.name is not None else ref.path)
+        options = EnhanceOptions(steps if steps is not None else loaded.steps, sampler, samples, seed, str(target_device), max_voxels)
+        with progress() as bar:
+            for scan, target in jobs:
+                enhance_file(scan, lf if lf is not None else load_volume(scan), target, loaded, ref, options, png, bar)
+    finally:
+        distributed.close()
+    # The notes come after the work: an error is then the one line printed, not the end of a paragraph.
     if loaded.warning:
         console.print(f"[yellow]note:[/yellow] {loaded.warning}")
     if options.samples > 1 and options.steps == 1:
         console.print("[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
                       "from, so their spread is no uncertainty map; use --steps 20 for one")
-    if source.is_dir():
-        if out.suffix:
-            raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        files = list_user_folder(source)[rank::world]  # torchrun: each process takes every world-th scan
-        jobs = [(f, out / f"{split_image_name(f)[0]}_enhanced{split_image_name(f)[1]}") for f in files]
-    else:
-        jobs = [(source, out)]
-    with progress() as bar:
-        for scan, target in jobs:
-            enhance_file(scan, target, loaded, options, png, bar)
 
 
-def enhance_file(scan: Path, target: Path, model, options, png: bool, bar) -> None:
+def outputs_of(target: Path, samples: int, png: bool) -> list[Path]:
+    """Every file that enhancing into ``target`` writes: the mean, the std (samples > 1), the montage, the sidecar."""
+    from diffiqt.io import sibling_path
+
+    return ([target] + ([sibling_path(target, "_std")] if samples > 1 else [])
+            + ([sibling_path(target, "_montage", ".png")] if png else []) + [sibling_path(target, "", ".json")])
+
+
+def enhance_file(scan: Path, lf, target: Path, model, ref, options, png: bool, bar) -> None:
+    """Enhance the scan ``lf`` (read from ``scan``) into ``target`` and its siblings, all or none of them."""
+    from dataclasses import asdict
+
     from diffiqt import __version__
     from diffiqt.enhance import enhance
     from diffiqt.figures import montage
-    from diffiqt.io import OutputGroup, check_output_path, load_volume, save_json, save_volume, sibling_path
+    from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
 
     std_path = sibling_path(target, "_std")
-    for path in (target, std_path):
-        check_output_path(path, [scan])
-    lf = load_volume(scan)
     tasks = []  # created at the first step, so that input errors print no empty bar
 
     def on_step(i: int) -> None:
@@ -93,5 +123,8 @@ def enhance_file(scan: Path, target: Path, model, options, png: bool, bar) -> No
         if png:
             panels = [("low field", lf), ("enhanced", result.mean)] + ([("uncertainty (sd)", result.std)] if result.std is not None else [])
             written.add(montage(panels, sibling_path(target, "_montage", ".png"), title=scan.name))
+        # The model as resolved (a shipped name and the SHA-256 its weights were checked against, or a path),
+        # so that a result can be traced to the exact weights that made it.
         written.add(save_json({"diffiqt_version": __version__, "input": str(scan), **result.info,
+                               "resolved_model": asdict(ref),
                                "outputs": [str(p) for p in written.paths]}, sibling_path(target, "", ".json")))

@@ -39,11 +39,16 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
     target = load_volume(target_path)
     pred = load_volume(pred_path)
     if pred.shape != target.shape or not np.allclose(pred.affine, target.affine, atol=1e-4):
+        # Resampling pads outside the prediction, so without any overlap it would score padding alone.
+        (pred_lo, pred_hi), (target_lo, target_hi) = pred.world_bounds(), target.world_bounds()
+        if np.any(np.minimum(pred_hi, target_hi) <= np.maximum(pred_lo, target_lo)):
+            raise InputError(f"{pred_path}: its field of view does not overlap {target_path}'s; "
+                             "are both in the same world space?")
         pred = resample(pred, target.affine, target.shape)
     if mask_path is not None:
         mask_volume = load_volume(mask_path)
-        if mask_volume.shape != target.shape:
-            raise InputError(f"{mask_path}: mask is not on the target's grid {target.shape}")
+        if mask_volume.shape != target.shape or not np.allclose(mask_volume.affine, target.affine, atol=1e-4):
+            raise InputError(f"{mask_path}: mask is not on the target's grid (shape {target.shape} and the same affine)")
         mask = mask_volume.data > 0.5
     else:
         mask = intensity_mask(target.data, skull_stripped=looks_skull_stripped(target.data))
@@ -64,30 +69,37 @@ def evaluate(
     json_out: Path = typer.Option(None, "--json", help="Write the table as JSON."),
     png: Path = typer.Option(None, "--png", help="Error-map montage (a file for one pair, a folder for folders)."),
     segmentation: bool = typer.Option(True, help="Also score CSF/GM/WM segmentation agreement (Dice, mean IoU)."),
+    force: bool = typer.Option(False, "--force", help="Replace --csv/--json/--png files that already exist."),
 ) -> None:
     """Score predictions against targets: PSNR, SSIM, MS-SSIM, LPIPS (if available offline), tissue Dice/mIoU.
 
-    Two protocols are reported (see docs/evaluation.md): `psnr`/`ssim`/`ms_ssim`
-    inside the brain on the target's fixed intensity range, and the paper's
+    Three protocols are reported (see docs/evaluation.md): `psnr`/`ssim`/`ms_ssim`
+    inside the brain on the target's fixed intensity range; `fit_psnr`/`fit_ssim`,
+    the same after one least-squares gain and offset maps the prediction onto the
+    target (intensity units are arbitrary); and the paper's
     `paper_psnr`/`paper_ms_ssim` on the central 192³ region with each volume
     scaled to [0, 1]. Missing values (e.g. MS-SSIM of a small volume, LPIPS
-    without local weights) are shown as n/a.
+    without local weights) are shown as n/a; in --json, they and infinite
+    values (PSNR of identical volumes) are null.
 
     Examples:\n
       diffiqt evaluate --pred enhanced.nii.gz --target hf.nii.gz --png errors.png\n
       diffiqt evaluate --pred enhanced/ --target hf/ --csv scores.csv
     """
     from diffiqt.cli.common import console, format_metric, progress
-    from diffiqt.io import OutputGroup, atomic_write, save_json
+    from diffiqt.io import OutputGroup, check_outputs, save_json, save_text, split_image_name
 
     pairs = pair_files(pred, target)
+    png_paths: list[Path | None] = [None] * len(pairs)
+    if png is not None:
+        png_paths = [png / f"{split_image_name(p)[0]}_errors.png" for p, _ in pairs] if pred.is_dir() else [png]
+    outputs = [(csv, "--csv"), (json_out, "--json")] + [(p, q.name) for p, (q, _) in zip(png_paths, pairs)]
+    inputs = [path for pair in pairs for path in pair] + ([mask] if mask is not None else [])
+    check_outputs([(path, what) for path, what in outputs if path is not None], inputs, force=force)
     rows = []
     with progress() as bar:
         task = bar.add_task("evaluating", total=len(pairs))
-        for pred_path, target_path in pairs:
-            png_path = None
-            if png is not None:
-                png_path = png / f"{pred_path.name.split('.')[0]}_errors.png" if len(pairs) > 1 else png
+        for (pred_path, target_path), png_path in zip(pairs, png_paths):
             rows.append(score_pair(pred_path, target_path, mask, segmentation, png_path))
             bar.advance(task)
     keys = [k for k in rows[0] if k not in ("pred", "target")]
@@ -98,8 +110,7 @@ def evaluate(
         if csv is not None:
             text = ",".join(["pred", "target", *keys]) + "\n" + "".join(
                 ",".join([r["pred"], r["target"], *[format_metric(r[k]) for k in keys]]) + "\n" for r in rows)
-            atomic_write(Path(csv), lambda tmp: tmp.write_text(text))
-            written.add(Path(csv))
+            written.add(save_text(text, csv))
 
 
 def metrics_table(rows: list[dict], keys: list[str]):

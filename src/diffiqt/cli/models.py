@@ -74,8 +74,11 @@ def export_model(
     default: Annotated[bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")] = False,
     summary: Annotated[str | None, typer.Option("--summary", help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sample_steps).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an exported model of that name in --folder (the installed package's own models are never replaced).")] = False,
 ) -> None:
     """Turn a training checkpoint's EMA weights into a model that `diffiqt enhance --model NAME` finds.
+
+    NAME is a plain name (letters, digits, '.', '_', '-'): the files are NAME.safetensors and NAME.json in --folder.
 
     Example:\n
       diffiqt export-model runs/small --name my-model --default
@@ -84,7 +87,7 @@ def export_model(
     from pathlib import Path
 
     from diffiqt.errors import InputError
-    from diffiqt.pretrained import WEIGHTS_DIR, export_checkpoint, shipped_models
+    from diffiqt.pretrained import WEIGHTS_DIR, export_checkpoint
 
     target = Path(folder) if folder else WEIGHTS_DIR
     extra = None
@@ -93,10 +96,6 @@ def export_model(
             extra = json.loads(Path(summary).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{summary}: not a readable JSON file ({exc})") from None
-    if default:
-        for other, card in shipped_models(target).items():
-            if card.get("default") and other != name:
-                raise InputError(f"{other} is already the default model in {target}; drop --default or remove it first")
-    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps)
+    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps, force=force)
     typer.echo(str(weights))
     typer.echo(str(card))

@@ -35,6 +35,7 @@ def simulate(
     seed: int = typer.Option(0, help="Random seed (noise and SNR draws); each file's stream also depends on its name."),
     upsample: bool = typer.Option(True, help="Also write the LF resampled (cubic) onto the HF grid as *_upsampled: the network's condition."),
     png: bool = typer.Option(False, help="Also write a PNG montage (HF vs LF) as *_montage.png."),
+    force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
 ) -> None:
     """Simulate low-field scans from high-field T1w volumes.
 
@@ -52,7 +53,7 @@ def simulate(
     from diffiqt import datasets
     from diffiqt.cli.common import progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
-    from diffiqt.io import split_image_name
+    from diffiqt.io import check_output_path, check_outputs, split_image_name
 
     axis_index = parse_axis(axis)
     path = Path(source)
@@ -60,14 +61,16 @@ def simulate(
         files = datasets.list_user_folder(path)
         if out.suffix:
             raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
+        jobs = [(file, out / f"{split_image_name(file)[0]}_lf{split_image_name(file)[1]}") for file in files]
+        # Every output against every input of the folder: s_lf.nii.gz may be another input, not only s's own.
+        check_outputs([(p, file.name) for file, target in jobs for p in outputs_of(target, upsample, png)], files, force=force)
         failures = []
         with progress() as bar:
             task = bar.add_task("simulating", total=len(files))
-            for file in files:
-                stem, ext = split_image_name(file)
+            for file, target in jobs:
                 try:
                     sample = datasets.load_user_volume(file)
-                    _simulate_one(sample, out / f"{stem}_lf{ext}", [file], thickness, gap, factor, axis_index,
+                    _simulate_one(sample, target, [file], thickness, gap, factor, axis_index,
                                   snr_wm, snr_gm, seed, seed_for(seed, file.name), upsample, png)
                 except DiffiqtError as exc:
                     failures.append(str(exc))
@@ -76,6 +79,7 @@ def simulate(
         if failures:
             raise InputError(f"{len(failures)} of {len(files)} files failed (see above)")
         return
+    check_outputs([(p, source) for p in outputs_of(check_output_path(out, [path]), upsample, png)], [path], force=force)
     if path.exists() or source not in datasets.BUNDLED:
         sample = datasets.load_user_volume(path)
     else:
@@ -84,15 +88,22 @@ def simulate(
                   seed_for(seed, sample.name), upsample, png)
 
 
+def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
+    """Every file simulating into ``out`` writes: the LF volume, its upsampled copy, the montage, the sidecar."""
+    from diffiqt.io import sibling_path
+
+    return ([out] + ([sibling_path(out, "_upsampled")] if upsample else [])
+            + ([sibling_path(out, "_montage", ".png")] if png else []) + [sibling_path(out, "", ".json")])
+
+
 def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_wm, snr_gm, seed, rng, upsample, png):
+    """Simulate one LF volume into ``out`` and its siblings (checked by the caller), all or none of them."""
     from diffiqt import __version__
     from diffiqt.figures import montage
-    from diffiqt.io import OutputGroup, check_output_path, save_json, save_volume, sibling_path
+    from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
     from diffiqt.simulate import LowFieldParams, simulate_low_field
 
     up_path, json_path, png_path = sibling_path(out, "_upsampled"), sibling_path(out, "", ".json"), sibling_path(out, "_montage", ".png")
-    for p in [out, up_path] if upsample else [out]:
-        check_output_path(p, inputs)
     if factor is not None:
         params = LowFieldParams.for_factor(factor, float(sample.t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
     else:

@@ -35,6 +35,7 @@ def train(
     import os
 
     from diffiqt import config as configs
+    from diffiqt import distributed
     from diffiqt.errors import ConfigError
     from diffiqt.train import resume_config
     from diffiqt.train import train as run_training
@@ -49,6 +50,6 @@ def train(
     else:
         cfg = configs.resolve(preset, config, assignments)
     result = run_training(cfg, out, resume=resume, progress=progress)
-    if os.environ.get("RANK", "0") == "0":  # torchrun's rank; the process group is closed by now
+    if not distributed.launched_by_torchrun() or os.environ["RANK"] == "0":  # the process group is closed by now
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result.val.items() if k != "step")
         typer.echo(f"trained to step {result.step}; checkpoint {result.checkpoint}" + (f"; {scores}" if scores else ""))
