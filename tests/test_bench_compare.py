@@ -16,11 +16,11 @@ from diffiqt import metrics
 from diffiqt.bench import compare, report
 from diffiqt.cli import app
 from diffiqt.datasets import colin27_available
-from diffiqt.errors import ConfigError, OutputError
+from diffiqt.errors import ConfigError, InputError, OutputError
 from diffiqt.nets import build_network
 
 needs_colin27 = pytest.mark.skipif(not colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
-SMOKE_METHODS = ["interpolation", "unet", "diffiqt"]
+SMOKE_METHODS = ["interpolation", "linear-iqt", "unet", "diffiqt"]
 DIFFUSION_METHODS = ("diffiqt", "no-crossbatch", "no-deepfeature-no-crossbatch")
 
 
@@ -40,26 +40,27 @@ def with_sources(cfg, sources: list[str], val_sources: list[str]):
 
 @needs_colin27
 def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_method(tmp_path):
+    """Every method's config keeps the test brains out, and training refuses them however they are named."""
+    from diffiqt.data import checked_sources
+    from diffiqt.datasets import held_out_identity
+
     split = compare.bench_split()
     assert split.train == ("mni152",) and set(split.test) == {"colin27", "colin27-brain"}
     for budget in compare.BUDGETS.values():
         for cfg in trained_configs(budget).values():
             assert cfg.data.sources == ["mni152"] and cfg.data.val_sources == []  # validation: MNI's anterior slab
-            compare.check_no_test_data(cfg)
-
-    identity = compare.held_out_identity()
+    identity = held_out_identity()
     assert set(identity.names) == set(split.test) and len(identity.hashes) == 2
     files = {path.name: path for path in identity.files}
     renamed = tmp_path / "subject_01.nii.gz"
     shutil.copy(files["ch2bet.nii.gz"], renamed)  # a copy under another name: caught by its voxel data
-    leaks = [(["colin27"], []), (["mni152"], ["colin27-brain"]), ([str(files["ch2.nii.gz"])], []),
-             (["mni152"], [str(renamed)]), ([str(tmp_path)], [])]
+    leaks = ["colin27", "colin27-brain", str(files["ch2.nii.gz"]), str(renamed), str(tmp_path)]
     sibling = min(identity.folders) / "ch2better.nii.gz"  # another image of the same subject in the same folder
-    leaks += [([str(sibling)], [])] if sibling.exists() else []
-    base = compare.method_config(compare.BUDGETS["smoke"], "unet")
-    for sources, val_sources in leaks:
-        with pytest.raises(ConfigError, match="test volume"):
-            compare.check_no_test_data(with_sources(base, sources, val_sources))
+    leaks += [str(sibling)] if sibling.exists() else []
+    for spec in leaks:
+        with pytest.raises(InputError, match="test brain"):
+            checked_sources(spec)
+    assert checked_sources("mni152")[0].name == "mni152"
 
 
 # ----------------------------------------------------------------------------- the budgets
@@ -68,7 +69,7 @@ def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_meth
 def test_an_equal_budget_gives_every_trained_method_the_same_examples_data_and_seeds(name):
     budget = compare.BUDGETS[name]
     configs = trained_configs(budget)
-    assert set(configs) == set(compare.METHODS) - {"interpolation"}
+    assert set(configs) == set(compare.METHODS) - {"interpolation", "linear-iqt"}
     examples = {m: (c.steps * c.batch_size, c.data.block_size) for m, c in configs.items()}
     assert set(examples.values()) == {(budget.examples, budget.block_size)}
     without_network = [{k: v for k, v in c.to_dict().items() if k != "network"} for c in configs.values()]
@@ -124,6 +125,7 @@ def test_the_docs_section_is_replaced_between_the_markers_and_broken_markers_are
 # ----------------------------------------------------------------------------- the whole bench
 
 @needs_colin27
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_the_smoke_bench_writes_scores_report_and_figure_and_a_rerun_reuses_them(tmp_path, monkeypatch):
     # MS-SSIM of the paper protocol (a zero-padded 192³ region) takes seconds a call on one core and is
     # tested in test_metrics.py; here it is left out (n/a) to keep the test short.
@@ -145,7 +147,7 @@ def test_the_smoke_bench_writes_scores_report_and_figure_and_a_rerun_reuses_them
         assert (out / "predictions" / method / "colin27.nii.gz").is_file()
     assert results["methods"]["unet"]["examples"] == results["methods"]["diffiqt"]["examples"] == 2
     with (out / "results.csv").open(newline="") as f:
-        assert len(list(csv.DictReader(f))) == 3 * 2
+        assert len(list(csv.DictReader(f))) == len(SMOKE_METHODS) * 2
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = docs.read_text()
     assert text.count(report.START) == text.count(report.END) == 1 and "Earlier text stays." in text

@@ -118,6 +118,7 @@ def test_bf16_on_cpu_is_refused_before_any_work():
     assert isinstance(result.exception, ConfigError) and "--bf16 needs --device cuda" in str(result.exception)
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_bench_speed_runs_end_to_end_on_a_tiny_budget(tmp_path):
     out = tmp_path / "speed.md"
     result = run_cli("bench-speed", "--model", "untrained:small", "--parts", "enhance,quality", "--steps", "1",

@@ -65,8 +65,8 @@ def test_foreground_threshold():
 def test_blocks_are_drawn_inside_the_head(pair):
     rng = np.random.default_rng(1)
     for _ in range(20):
-        corner = data.random_corner(pair, 24, rng)
-        target, cond, mask = data.cut_block(pair, corner, 24)
+        corner = data.random_corner(pair, (24, 24, 24), rng)
+        target, cond, mask = data.cut_block(pair, corner, (24, 24, 24))
         assert target.shape == cond.shape == (24, 24, 24)
         assert mask[12, 12, 12] or mask.mean() > 0.2  # the centre is in the head unless clipped at an edge
 

@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
     patcher.undo()
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_enhancing_a_held_out_scan_beats_interpolation_and_uncertainty_tracks_error(trained, tmp_path):
     run, sample = trained
     lf = simulate_low_field(sample.t1, sample.tissues, LowFieldParams.for_factor(8, 1.0), np.random.default_rng(11))

@@ -72,7 +72,7 @@ def test_chunked_evaluation_equals_whole_volume(conv_model):
 def test_chunk_size_fits_the_budget():
     assert chunk_size((96, 96, 96), None, 32) is None
     assert chunk_size((96, 96, 96), 96 ** 3, 32) is None
-    assert chunk_size((128, 128, 128), 64 ** 3, 32) == 64
+    assert list(chunk_size((128, 128, 128), 64 ** 3, 32)) == [64, 64, 64]
 
 
 def test_samples_give_a_nonnegative_uncertainty_and_seeds_repeat(lf_scan, conv_model):

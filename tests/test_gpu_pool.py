@@ -186,6 +186,7 @@ def test_checkpoint_shards_join_back_exactly_or_in_float16(tmp_path, pairs_file,
 
 # ----------------------------------------------------------------------------- the script
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_gpu_train_script_rehearses_end_to_end_on_the_cpu(tmp_path, pairs_file):
     """The same script as on the GPU, with --device cpu, a tiny network and 12 s of training."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

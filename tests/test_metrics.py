@@ -50,6 +50,7 @@ def test_dice_and_iou_of_known_masks():
     assert metrics.iou(a, b) == pytest.approx(200 / 600)
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_segmentation_agreement_is_perfect_for_the_target_and_drops_with_blur(mni_crop):
     t, mask = mni_crop.t1.data, mni_crop.mask
     same = metrics.segmentation_agreement(t, t, mask)
@@ -66,11 +67,43 @@ def test_segmentation_of_a_low_contrast_prediction_still_finds_white_matter(mni_
     assert scores["dice_wm"] > 0.7
 
 
-def test_evaluate_reports_both_protocols(mni_crop):
+def test_affine_fit_matches_numpy_polyfit():
+    rng = np.random.default_rng(1)
+    pred = rng.normal(300, 40, (20, 20, 20))
+    target = 0.7 * pred - 12 + rng.normal(0, 25, pred.shape)
+    mask = rng.random(pred.shape) > 0.3
+    gain, offset = metrics.affine_fit(pred, target, mask)
+    expected_gain, expected_offset = np.polyfit(pred[mask], target[mask], 1)
+    assert gain == pytest.approx(expected_gain, rel=1e-9) and offset == pytest.approx(expected_offset, rel=1e-9)
+    assert metrics.affine_fit(np.full_like(pred, 3.0), target, mask) == pytest.approx((0.0, target[mask].mean()))
+
+
+def test_fit_protocol_forgives_a_global_gain_and_offset_that_strict_counts():
+    rng = np.random.default_rng(2)
+    target = ndimage.gaussian_filter(rng.random((40, 40, 40)), 2.0) * 100  # smooth, so SSIM is meaningful
+    mask = np.zeros(target.shape, bool)
+    mask[5:35, 5:35, 5:35] = True
+    pred = 2 * target + 5
+    fit, strict = metrics.fit_protocol(pred, target, mask), metrics.strict_protocol(pred, target, mask)
+    assert fit["fit_psnr"] > 100 and fit["fit_ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert strict["psnr"] < 20 and strict["ssim"] < 0.99
+
+
+def test_fit_never_scores_below_strict_for_a_noisy_prediction_at_the_right_scale(mni_crop):
+    t, mask = mni_crop.t1.data, mni_crop.mask
+    # Clipped at 0 like a magnitude image: strict's clipping of negatives is then a no-op and the
+    # least-squares fit can only lower the masked MSE.
+    noisy = np.clip(t + np.random.default_rng(3).normal(0, 10, t.shape), 0, None).astype(np.float32)
+    fit, strict = metrics.fit_protocol(noisy, t, mask), metrics.strict_protocol(noisy, t, mask)
+    assert fit["fit_psnr"] >= strict["psnr"] - 1e-9
+    assert fit["fit_ssim"] == pytest.approx(strict["ssim"], abs=0.01)  # gain ~1, offset ~0: little to remove
+
+
+def test_evaluate_reports_all_protocols(mni_crop):
     t, mask = mni_crop.t1.data, mni_crop.mask
     noisy = t + np.random.default_rng(0).normal(0, 5, t.shape).astype(np.float32)
     scores = metrics.evaluate(noisy, t, mask)
-    for key in ("psnr", "ssim", "paper_psnr", "paper_ms_ssim", "dice_wm", "seg_miou"):
+    for key in ("psnr", "ssim", "fit_psnr", "fit_ssim", "paper_psnr", "paper_ms_ssim", "dice_wm", "seg_miou"):
         assert key in scores
     assert scores["paper_lpips"] is None  # no LPIPS weights offline
     assert 20 < scores["psnr"] < 60
@@ -91,7 +124,10 @@ def test_evaluate_command_writes_table_files(tmp_path, mni_crop):
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "s.json").read_text())
     assert rows[0]["psnr"] > 20 and rows[0]["ms_ssim"] is None  # the 96x112x104 crop is too small for MS-SSIM
-    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("pred,target,psnr")
+    assert rows[0]["fit_psnr"] >= rows[0]["psnr"] and 0 < rows[0]["fit_ssim"] <= 1
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert header.startswith("pred,target,psnr") and ",fit_psnr,fit_ssim," in header
+    assert "fit_psnr" in result.stderr  # the table goes to the console (stderr)
     assert (tmp_path / "e.png").stat().st_size > 0
     mixed = run_cli("evaluate", "--pred", tmp_path, "--target", tmp_path / "target.nii.gz")
     assert mixed.returncode == 2 and "both be files or both be folders" in mixed.stderr

@@ -21,7 +21,8 @@ from diffiqt.nets.esrgan import (
 )
 from test_nets_crossbatch import randomized
 
-CONTRACT = ("name", "needs_time", "in_channels", "cross_batch", "patch_size", "receptive_field", "config")
+CONTRACT = ("name", "needs_time", "in_channels", "cross_batch", "patch_size", "slice_fold", "cell_shape", "receptive_field",
+            "config")
 
 
 def _meta(name: str, **overrides) -> torch.nn.Module:
@@ -31,12 +32,14 @@ def _meta(name: str, **overrides) -> torch.nn.Module:
 
 def test_registry_names_and_contract():
     assert list_networks() == [
-        "paper", "no-crossbatch", "no-deepfeature-no-crossbatch", "small", "unet", "resunet", "esrgan", "interpolation",
+        "paper", "no-crossbatch", "no-deepfeature-no-crossbatch", "small", "lowfield-small", "unet", "resunet", "esrgan",
+        "interpolation", "linear-iqt",
     ]  # fmt: skip
     for name in list_networks():
         net = _meta(name)
         assert all(hasattr(net, attribute) for attribute in CONTRACT), name
-        assert net.name == name and net.patch_size == 32
+        assert net.name == name and net.patch_size == (16 if name == "lowfield-small" else 32)
+        assert len(net.cell_shape) == 3 and net.cell_shape[-1] % net.slice_fold == 0
         assert net.in_channels == (2 if net.needs_time else 1)
 
 

@@ -20,6 +20,7 @@ def test_exactly_one_default_model_is_shipped_and_its_card_matches_its_weights()
     assert not set(card["trained"]["held_out"]) & set(card["trained"]["sources"])
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
     """Loading and the whole enhancement path on a crop of real anatomy, 20 steps: a finite volume in the
     input's world space that follows the anatomy. Quality against interpolation is the model card's
@@ -53,6 +54,7 @@ def test_a_changed_weights_file_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(not datasets.colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_demo_enhances_a_held_out_brain_with_the_shipped_model(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", out, "--slab-mm", "32", "--steps", "2", "--samples", "2", "--device", "cpu")

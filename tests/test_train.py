@@ -217,6 +217,7 @@ def _learns(tmp_path, steps, *changes):
     return train(cfg, tmp_path / "run", progress=False).val
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-all
 def test_tiny_diffusion_model_beats_cubic_interpolation_on_held_out_anatomy(tmp_path):
     """80 steps on one crop of the real MNI brain; PSNR on its held-out anterior slab, 20 sampling steps."""
     val = _learns(tmp_path, 80)

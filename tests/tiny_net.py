@@ -22,6 +22,8 @@ class TinyDiffusionNet(nn.Module):
     in_channels = 2
     cross_batch = False
     patch_size = 8
+    slice_fold = 1
+    cell_shape = (8, 8, 8)
     receptive_field = 7
 
     def __init__(self, width: int = 8):
@@ -47,6 +49,8 @@ class TinySupervisedNet(nn.Module):
     in_channels = 1
     cross_batch = False
     patch_size = 8
+    slice_fold = 1
+    cell_shape = (8, 8, 8)
     receptive_field = 5
 
     def __init__(self, width: int = 8):

@@ -46,13 +46,22 @@ class DataConfig:
     """Where pairs come from and how blocks are cut (see docs/training.md, "Data pipeline")."""
 
     sources: list[str] = field(default_factory=lambda: ["mni152"])  # bundled names, files or folders
+    # One weight per source, shared equally by the brains it names (a folder of 19 synthetic brains with
+    # weight 1 beside two real ones with weight 1 each: a third of the pairs synthetic). Empty: every brain alike.
+    source_weights: list[float] = field(default_factory=list)
     pairs_file: str | None = None  # pre-simulated pairs (diffiqt simulate-pairs): then used instead of simulating
     val_sources: list[str] = field(default_factory=list)  # empty: hold out the anterior slab of each source
     holdout_fraction: float = 0.35  # of the head's A-P extent, when val_sources is empty
     crop: list[list[int]] | None = None  # [[x0, x1], [y0, y1], [z0, z1]] voxels, applied to every source
     block_size: int = 96  # edge of a training block; 3 x the network's patch size in the patch layout
+    # Networks on the low-field grid (network setting slice_fold > 1): blocks of block_size² x slice_block
+    # voxels with the slice axis last and the block's first slice on a thick-slice centre. None: cubes.
+    slice_block: int | None = None
     layout: str = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
     lf_factor: float = 8.0  # decimation factor in the slice direction (paper: x8)
+    # Non-empty: each simulated pair draws its factor from this list (repeat a value to weight it), so that
+    # one model covers clinical spacings (x5 of 1 mm is a 5 mm spacing) besides the paper's x8.
+    lf_factors: list[float] = field(default_factory=list)
     lf_axis: int | None = 2  # slice axis of the RAS+ volume (2: axial); None: a random axis per simulated pair
     snr_wm: float | None = None  # None: drawn per simulation from the T1w prior (Lin et al. 2023)
     snr_gm: float | None = None
@@ -81,6 +90,9 @@ class DiffusionConfig:
     # None: the paper's plain x-prediction. A number: the Denoiser's EDM-style preconditioning on the
     # residual x - cond with this standard deviation (see diffiqt.diffusion.Denoiser); 0.2 suits T1w x8.
     residual_sigma: float | None = None
+    # Fraction of training blocks drawn at t = 1, where the x-prediction is the posterior mean E[x | LF]:
+    # what one-step enhancement returns. The rest draw t ~ U[0, 1) as in the paper's Algorithm 1.
+    mean_fraction: float = 0.0
 
 
 @dataclass
@@ -235,8 +247,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)"),
         (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
+        (all(f > 1.0 for f in cfg.data.lf_factors), "data.lf_factors must all be > 1"),
+        (cfg.data.slice_block is None or cfg.data.slice_block >= 8, "data.slice_block must be >= 8 (or null)"),
+        (cfg.data.slice_block is None or not cfg.data.pairs_file, "data.slice_block needs simulated pairs, not a pairs_file"),
+        (0.0 <= cfg.diffusion.mean_fraction <= 1.0, "diffusion.mean_fraction must be in [0, 1]"),
         (cfg.data.lf_axis in (0, 1, 2, None), "data.lf_axis must be 0, 1, 2 or null (a random axis per pair)"),
         (bool(cfg.data.sources), "data.sources is empty"),
+        (not cfg.data.source_weights or (len(cfg.data.source_weights) == len(cfg.data.sources)
+                                          and min(cfg.data.source_weights) >= 0 and sum(cfg.data.source_weights) > 0),
+         "data.source_weights must give one non-negative weight per source (not all zero), or be empty"),
         (cfg.max_minutes is None or cfg.max_minutes > 0, "max_minutes must be > 0 (or null: no time limit)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),

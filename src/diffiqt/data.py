@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from diffiqt.config import AugmentConfig, DataConfig
-from diffiqt.datasets import BUNDLED, BrainSample, TissueMaps, list_user_folder, load_bundled, load_user_volume
+from diffiqt.datasets import (BUNDLED, BrainSample, TissueMaps, list_user_folder, load_bundled, load_user_volume,
+                              held_out_identity)
 from diffiqt.errors import ConfigError
 
 HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
@@ -95,6 +96,16 @@ def load_sources(specs: list[str]) -> list[BrainSample]:
     return samples
 
 
+def checked_sources(spec: str) -> list[BrainSample]:
+    """The brains of one training or validation source, none of them a test brain (else an InputError)."""
+    identity = held_out_identity()
+    identity.check(spec)  # before loading: a named test file or folder is refused at once
+    samples = load_sources([spec])
+    for sample in samples:
+        identity.check(spec, sample)
+    return samples
+
+
 def crop_sample(sample: BrainSample, lower, upper) -> BrainSample:
     """The sub-volume [lower, upper) of a brain, its tissue maps and mask."""
     lower, upper = np.maximum(np.asarray(lower, int), 0), np.minimum(np.asarray(upper, int), sample.t1.shape)
@@ -131,10 +142,18 @@ def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[Br
 
 
 def training_and_validation(cfg: DataConfig) -> tuple[list[BrainSample], list[BrainSample]]:
-    """Load, crop and split the configured sources into training and validation brains."""
-    train = [cropped(s, cfg) for s in load_sources(cfg.sources)]
+    """Load, crop and split the configured sources into training and validation brains.
+
+    A test brain (:data:`diffiqt.datasets.TEST_BRAINS`: by name, file, folder or voxel data) is refused as either.
+    """
+    train = []
+    for index, spec in enumerate(cfg.sources):
+        brains = [cropped(s, cfg) for s in checked_sources(spec)]
+        if cfg.source_weights:
+            brains = [replace(b, weight=cfg.source_weights[index] / len(brains)) for b in brains]
+        train += brains
     if cfg.val_sources:
-        val = [cropped(s, cfg) for s in load_sources(cfg.val_sources)]
+        val = [cropped(s, cfg) for spec in cfg.val_sources for s in checked_sources(spec)]
     else:
         pairs = [split_anterior(s, cfg.holdout_fraction, cfg.block_size) for s in train]
         train, val = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -168,6 +187,7 @@ class Pair:
     cond: np.ndarray
     mask: np.ndarray
     scale: float
+    slice_step: float | None = None  # voxels between thick-slice centres along the last axis, if it is the slice axis
     _centres: np.ndarray | None = field(default=None, repr=False)
 
     def centres(self) -> np.ndarray:
@@ -206,28 +226,45 @@ def augment(sample: BrainSample, cfg: AugmentConfig, seed: int) -> BrainSample:
     return replace(sample, t1=sample.t1.with_data(np.maximum(data["t1"], 0.0)), tissues=tissues)
 
 
+def block_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    """Voxels of one training block per axis: a cube, or block_size² x slice_block with the slice axis last."""
+    size = cfg.block_size
+    return (size, size, cfg.slice_block if cfg.slice_block is not None else size)
+
+
 def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator) -> Pair:
-    """Simulate the LF of ``sample`` onto its grid and normalise both (no augmentation here)."""
+    """Simulate the LF of ``sample`` onto its grid and normalise both (no augmentation here).
+
+    With ``cfg.slice_block`` the pair is turned so that its slice axis is last (what a network on the
+    low-field grid folds) and remembers where its thick slices lie.
+    """
     from diffiqt.simulate import LowFieldParams, simulate_low_field
 
     axis = cfg.lf_axis if cfg.lf_axis is not None else int(rng.integers(3))
+    factor = float(rng.choice(cfg.lf_factors)) if cfg.lf_factors else cfg.lf_factor
     voxel_mm = float(sample.t1.voxel_size[axis])
-    params = LowFieldParams.for_factor(cfg.lf_factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
+    params = LowFieldParams.for_factor(factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=True)
     lf = result.lf_on_hf.data
     scale = lf_scale(lf)
-    size = cfg.block_size
+    arrays = [normalise(sample.t1.data, scale), normalise(lf, scale), foreground(lf)]
+    slice_step = None
+    if cfg.slice_block is not None:
+        arrays = [np.moveaxis(a, axis, -1) for a in arrays]
+        slice_step = params.spacing_mm / voxel_mm
+    shape = block_shape(cfg)
     return Pair(
-        target=_pad_to(normalise(sample.t1.data, scale), size, 0.0),
-        cond=_pad_to(normalise(lf, scale), size, 0.0),
-        mask=_pad_to(foreground(lf), size, False),
+        target=_pad_to(arrays[0], shape, 0.0),
+        cond=_pad_to(arrays[1], shape, 0.0),
+        mask=_pad_to(arrays[2], shape, False),
         scale=scale,
+        slice_step=slice_step,
     )
 
 
-def _pad_to(array: np.ndarray, size: int, value) -> np.ndarray:
-    """Pad at the end of each axis so that every dimension is at least ``size``."""
-    pad = [(0, max(0, size - n)) for n in array.shape]
+def _pad_to(array: np.ndarray, shape: tuple[int, ...], value) -> np.ndarray:
+    """Pad at the end of each axis so that every dimension is at least ``shape``'s."""
+    pad = [(0, max(0, size - n)) for n, size in zip(array.shape, shape)]
     return np.pad(array, pad, constant_values=value) if any(p[1] for p in pad) else array
 
 
@@ -235,22 +272,34 @@ def make_pair(samples: list[BrainSample], cfg: DataConfig, seed_words: list[int]
     """A fresh pair: a random source, augmented (if enabled), simulated; all draws from ``seed_words``."""
     seeds = np.random.SeedSequence(seed_words)
     rng = np.random.default_rng(seeds)
-    sample = samples[int(rng.integers(len(samples)))]
+    weights = np.array([s.weight for s in samples])
+    if np.all(weights == 1.0):
+        sample = samples[int(rng.integers(len(samples)))]
+    else:
+        sample = samples[int(rng.choice(len(samples), p=weights / weights.sum()))]
     if cfg.augment.enabled:
         sample = augment(sample, cfg.augment, int(seeds.generate_state(1, np.uint64)[0] >> 1))
     return simulate_pair(sample, cfg, rng)
 
 
-def cut_block(pair: Pair, lower, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(target, cond, mask), each [size, size, size], with corner ``lower``."""
-    box = tuple(slice(int(a), int(a) + size) for a in lower)
+def cut_block(pair: Pair, lower, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target, cond, mask), each of ``shape``, with corner ``lower``."""
+    box = tuple(slice(int(a), int(a) + n) for a, n in zip(lower, shape))
     return pair.target[box], pair.cond[box], pair.mask[box]
 
 
-def random_corner(pair: Pair, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Corner of a block centred on a random head voxel, shifted to lie inside the volume."""
+def random_corner(pair: Pair, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """Corner of a block centred on a random head voxel, shifted to lie inside the volume.
+
+    If the pair knows its thick slices, the corner moves back onto the nearest slice centre along the
+    last axis, as enhancement aligns its box: every block then shows the network the same slice phases.
+    """
+    size = np.array(shape)
     centre = np.array(np.unravel_index(rng.choice(pair.centres()), pair.mask.shape))
-    return np.clip(centre - size // 2, 0, np.array(pair.mask.shape) - size)
+    corner = np.clip(centre - size // 2, 0, np.array(pair.mask.shape) - size)
+    if pair.slice_step is not None:
+        corner[-1] = int(round(np.floor(corner[-1] / pair.slice_step + 1e-9) * pair.slice_step))
+    return corner
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -292,7 +341,8 @@ class BlockStream(IterableDataset):
         for _ in range(self.batch_size):
             slot = int(rng.integers(self.cfg.pool_size))
             pair = self._pooled(pool, lane, slot, pooled_pair_serial(slot, refreshes, self.cfg.pool_size))
-            blocks.append(cut_block(pair, random_corner(pair, self.cfg.block_size, rng), self.cfg.block_size))
+            shape = block_shape(self.cfg)
+            blocks.append(cut_block(pair, random_corner(pair, shape, rng), shape))
         return {
             "target": torch.from_numpy(np.stack([b[0] for b in blocks])[:, None].copy()),
             "cond": torch.from_numpy(np.stack([b[1] for b in blocks])[:, None].copy()),
@@ -325,7 +375,8 @@ class StoredPairStream(BlockStream):
         targets, conds = [], []
         for _ in range(self.batch_size):
             pair = self.pairs[int(rng.integers(len(self.pairs)))]
-            target, cond, _ = cut_block(pair, random_corner(pair, self.cfg.block_size, rng), self.cfg.block_size)
+            shape = block_shape(self.cfg)
+            target, cond, _ = cut_block(pair, random_corner(pair, shape, rng), shape)
             mirror = slice(None, None, -1 if rng.random() < 0.5 else 1)  # axis 0 of RAS+ runs left to right
             targets.append(target[mirror])
             conds.append(cond[mirror])
@@ -350,6 +401,7 @@ def validation_blocks(samples: list[BrainSample], cfg: DataConfig, seed: int) ->
     for index, sample in enumerate(samples):
         rng = np.random.default_rng([seed, _VALIDATION, index])
         pair = simulate_pair(sample, cfg, rng)
-        blocks += [cut_block(pair, random_corner(pair, cfg.block_size, rng), cfg.block_size) for _ in range(cfg.val_blocks)]
+        shape = block_shape(cfg)
+        blocks += [cut_block(pair, random_corner(pair, shape, rng), shape) for _ in range(cfg.val_blocks)]
     stacked = [np.stack([b[i] for b in blocks])[:, None].copy() for i in range(3)]
     return {"target": torch.from_numpy(stacked[0]), "cond": torch.from_numpy(stacked[1]), "mask": torch.from_numpy(stacked[2])}

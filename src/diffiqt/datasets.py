@@ -30,6 +30,8 @@ may lie beside a volume named as FSL FAST writes them:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ class BrainSample:
     tissues: TissueMaps | None
     mask: np.ndarray  # bool, on t1's grid
     skull_stripped: bool
+    weight: float = 1.0  # relative chance of being drawn for a training pair (data.source_weights)
 
 
 def _nilearn_data_dir() -> Path:
@@ -126,6 +129,47 @@ def colin27_brain() -> BrainSample:
 
 
 BUNDLED = {"mni152": mni152, "colin27": colin27, "colin27-brain": colin27_brain}
+
+# The test brains: every figure on unseen anatomy (model card, bench, demo) is measured on them, so no
+# training run may train, validate, stop early or choose a checkpoint on them (diffiqt train refuses).
+TEST_BRAINS = ("colin27-brain", "colin27")
+
+
+@dataclass(frozen=True)
+class HeldOutIdentity:
+    """How a test brain is recognised: its bundled name, its files and their folder, its voxel data."""
+
+    names: frozenset[str]
+    files: frozenset[Path]
+    folders: frozenset[Path]
+    hashes: frozenset[str]
+
+    def check(self, spec: str, sample: "BrainSample | None" = None) -> None:
+        """InputError if the training source ``spec`` (or a brain it loaded) is, lies beside or copies a test
+        brain: its folder holds other images of the test subject (e.g. Colin27's ch2better)."""
+        if spec in self.names:
+            raise InputError(f"{spec} is a test brain (held out for every reported figure); train and validate on "
+                             "other brains (empty data.val_sources holds out part of each training brain)")
+        paths = [Path(spec)] + ([sample.t1.source.path] if sample is not None and sample.t1.source else [])
+        for path in paths:
+            resolved = path.resolve()
+            if resolved in self.files or resolved in self.folders or resolved.parent in self.folders:
+                raise InputError(f"data source {spec!r}: {resolved} is (or lies beside) a test brain")
+        if sample is not None and voxel_hash(sample.t1) in self.hashes:
+            raise InputError(f"data source {spec!r}: {sample.name} has the voxel data of a test brain")
+
+
+def voxel_hash(volume: Volume) -> str:
+    """SHA-256 of the voxel data: the same image under another name or path has the same hash."""
+    return hashlib.sha256(np.ascontiguousarray(volume.data).tobytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_identity() -> HeldOutIdentity:
+    """The test brains' names, files and voxel hashes (read once per process; names only without mricron-data)."""
+    files = [p.resolve() for p in (COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz") if p.is_file()]
+    return HeldOutIdentity(frozenset(TEST_BRAINS), frozenset(files), frozenset(f.parent for f in files),
+                             frozenset(voxel_hash(load_volume(f)) for f in files))
 
 
 def available_bundled() -> list[str]:

@@ -57,10 +57,23 @@ class Model:
     def cell(self) -> int:
         return int(getattr(self.net, "patch_size", 32))
 
+    @property
+    def slice_fold(self) -> int:
+        """> 1 for a network on the low-field grid: it takes the scan's slice axis last (see DiffusionIQTNet)."""
+        return int(getattr(self.net, "slice_fold", 1))
+
+    def cell_shape(self, slice_axis: int) -> np.ndarray:
+        """Voxels per axis of the scan's model grid that the head box is aligned to (the net's cells, the
+        slice axis moved back to where the scan has it)."""
+        shape = list(getattr(self.net, "cell_shape", (self.cell,) * 3))
+        if self.slice_fold > 1:
+            shape.insert(slice_axis, shape.pop())
+        return np.array(shape)
+
 
 @dataclass
 class EnhanceOptions:
-    steps: int = 20
+    steps: int | None = None  # None: the model's own (Model.steps)
     sampler: str = "paper"
     samples: int = 1
     seed: int = 0
@@ -76,24 +89,32 @@ class EnhanceResult:
 
 
 def load_model(spec: str | Path) -> Model:
-    """A shipped model by name ('default' included), or the EMA weights of a checkpoint/run folder."""
-    from diffiqt import checkpoint
-    from diffiqt.pretrained import load_shipped
+    """A shipped model by name ('default' included), or the EMA weights of a checkpoint/run folder.
 
-    if not Path(spec).exists():
-        net, card = load_shipped(str(spec))
-        return Model(net, float(card["voxel_mm"]), f"shipped model {spec} (step {card['step']})", card.get("warning"),
+    ``spec`` is resolved by :func:`diffiqt.pretrained.resolve_model`: shipped names win over relative
+    paths (``./default`` is the folder), and a Path is always a path.
+    """
+    from diffiqt import checkpoint
+    from diffiqt.pretrained import load_shipped, resolve_model
+
+    ref = resolve_model(spec)
+    if ref.name is not None:
+        net, card = load_shipped(ref.name)
+        return Model(net, float(card["voxel_mm"]), f"shipped model {ref.name} (step {card.get('step')})", card.get("warning"),
                      card.get("residual_sigma"), int(card.get("sample_steps", DEFAULT_STEPS)))
-    meta = checkpoint.read_checkpoint(spec)
+    meta = checkpoint.read_checkpoint(ref.path)
     net, cfg = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
     return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma,
                  steps=cfg.diffusion.sample_steps)
 
 
-def head_box(lf: np.ndarray, cell: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """[lower, upper) voxel corners of the head's bounding box plus ``margin``, sides multiples of ``cell``.
+def head_box(lf: np.ndarray, cell, margin: int, phase: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[lower, upper) voxel corners of the head's bounding box plus ``margin``, sides multiples of ``cell``
+    (one number, or one per axis).
 
+    ``phase`` (axis, step): the box starts on a multiple of ``step`` along ``axis``, where the scan's
+    thick slices lie on the model grid, as training blocks start (:func:`diffiqt.data.random_corner`).
     The box may reach outside the volume (that part is zero-padded).
     """
     head = ndimage.binary_opening(data.foreground(lf), iterations=1)
@@ -105,7 +126,16 @@ def head_box(lf: np.ndarray, cell: int, margin: int) -> tuple[np.ndarray, np.nda
     size = -(-(upper - lower) // cell) * cell
     centre = (lower + upper) // 2
     lower = centre - size // 2
+    if phase is not None:
+        axis, step = phase
+        lower[axis] = (lower[axis] // step) * step
     return lower, lower + size
+
+
+def slice_axis(scan: Volume) -> int:
+    """The scan's thick-slice axis: its coarsest voxel spacing (axis 2 for an isotropic scan)."""
+    spacing = np.asarray(scan.voxel_size, dtype=float)
+    return 2 if np.allclose(spacing, spacing.min(), rtol=0.05) else int(np.argmax(spacing))
 
 
 def extract(array: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -132,15 +162,16 @@ class ChunkedDenoiser(nn.Module):
     lie on the cell grid so the attention cells are the same cells.
     """
 
-    def __init__(self, denoiser: Denoiser, chunk: int, halo: int, cell: int):
+    def __init__(self, denoiser: Denoiser, chunk, halo: int, cell):
         super().__init__()
-        self.denoiser, self.chunk, self.cell = denoiser, chunk, cell
-        self.halo = -(-halo // cell) * cell
+        self.denoiser = denoiser
+        self.chunk, self.cell = np.broadcast_to(chunk, 3), np.broadcast_to(cell, 3)  # per axis
+        self.halo = -(-halo // self.cell) * self.cell
 
     def forward(self, cond: Tensor, x_t: Tensor, t, **kw) -> Tensor:
         out = torch.empty_like(x_t)
         shape = x_t.shape[2:]
-        for lower in np.ndindex(*[-(-n // self.chunk) for n in shape]):
+        for lower in np.ndindex(*[-(-n // c) for n, c in zip(shape, self.chunk)]):
             lo = np.array(lower) * self.chunk
             hi = np.minimum(lo + self.chunk, shape)
             read_lo, read_hi = np.maximum(lo - self.halo, 0), np.minimum(hi + self.halo, shape)
@@ -151,33 +182,43 @@ class ChunkedDenoiser(nn.Module):
         return out
 
 
-def chunk_size(box: tuple[int, ...], max_voxels: int | None, cell: int) -> int | None:
-    """The largest cell-multiple chunk edge whose cube fits ``max_voxels``; None if the box fits whole."""
+def chunk_size(box: tuple[int, ...], max_voxels: int | None, cell) -> np.ndarray | None:
+    """Chunk edges per axis, multiples of ``cell`` (one number or one per axis), as near a cube as fits
+    ``max_voxels``; None if the box fits whole."""
     if max_voxels is None or int(np.prod(box)) <= max_voxels:
         return None
-    edge = int(max_voxels ** (1 / 3) + 1e-6) // cell * cell  # (64**3)**(1/3) is 63.99...
-    if edge < cell:
-        raise ConfigError(f"max_voxels={max_voxels} is smaller than one {cell}^3 cell")
-    return edge
+    cell = np.broadcast_to(np.asarray(cell, dtype=np.int64), 3)
+    if int(np.prod(cell)) > max_voxels:
+        raise ConfigError(f"max_voxels={max_voxels} is smaller than one {'x'.join(map(str, cell))} cell")
+    edge = cell.copy()
+    while True:  # grow the shortest edge by one cell while the chunk still fits and is smaller than the box
+        growable = [a for a in range(3) if edge[a] < box[a] and np.prod(edge) // edge[a] * (edge[a] + cell[a]) <= max_voxels]
+        if not growable:
+            return edge
+        axis = min(growable, key=lambda a: edge[a])
+        edge[axis] += cell[axis]
 
 
 def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Callable[[int], None] | None) -> Tensor:
-    """``options.samples`` trajectories of the sampler on one condition box [1, 1, D, H, W] -> [S, 1, D, H, W]."""
+    """``options.samples`` trajectories of the sampler on one condition box [1, 1, D, H, W] -> [S, 1, D, H, W]
+    (the box in the network's orientation: the slice axis last for a network on the low-field grid)."""
+    steps = options.steps if options.steps is not None else model.steps
     if options.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {options.sampler!r}; choose from {', '.join(SAMPLERS)}")
-    if options.steps < 1 or options.samples < 1:
+    if steps < 1 or options.samples < 1:
         raise ConfigError("--steps and --samples must be at least 1")
     denoiser: nn.Module = model.denoiser()
-    chunk = chunk_size(tuple(cond.shape[2:]), options.max_voxels, model.cell)
+    cell = model.cell_shape(2)
+    chunk = chunk_size(tuple(cond.shape[2:]), options.max_voxels, cell)
     if chunk is not None:
-        denoiser = ChunkedDenoiser(denoiser, chunk, int(getattr(model.net, "receptive_field", 0)), model.cell)
+        denoiser = ChunkedDenoiser(denoiser, chunk, int(getattr(model.net, "receptive_field", 0)), cell)
     generator = torch.Generator(device=cond.device).manual_seed(options.seed)
     batch = cond.expand(options.samples, -1, -1, -1, -1)
     callback = (lambda i, s, x, x_hat: on_step(i)) if on_step is not None else None
     with torch.inference_mode():
         if not getattr(model.net, "needs_time", True):  # a supervised baseline: one pass, no sampling
             return model.net(batch)
-        return SAMPLERS[options.sampler](denoiser, batch, options.steps, generator, callback, layout="volume")
+        return SAMPLERS[options.sampler](denoiser, batch, steps, generator, callback, layout="volume")
 
 
 def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
@@ -190,12 +231,22 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
                          f"every side must span at least one {model.cell}-voxel cell")
     scale = data.lf_scale(cond_volume.data)
     margin = int(round(HEAD_MARGIN_MM / model.voxel_mm))
-    lower, upper = head_box(cond_volume.data, model.cell, margin)
+    axis = slice_axis(lf)
+    phase = None
+    if model.slice_fold > 1:
+        # Thick slices lie every spacing / voxel_mm voxels of the model grid, the first at voxel 0.
+        step = max(1, int(round(float(lf.voxel_size[axis]) / model.voxel_mm)))
+        phase = (axis, step)
+    lower, upper = head_box(cond_volume.data, model.cell_shape(axis), margin, phase)
     box = extract(data.normalise(cond_volume.data, scale), lower, upper)
+    if model.slice_fold > 1:
+        box = np.moveaxis(box, axis, -1)
     device = torch.device(options.device)
     model.net.to(device).eval()  # Module.to moves the parameters in place
-    cond = torch.from_numpy(box)[None, None].to(device)
+    cond = torch.from_numpy(np.ascontiguousarray(box))[None, None].to(device)
     samples = run_sampler(model, cond, options, on_step).float().cpu().numpy()[:, 0]
+    if model.slice_fold > 1:
+        samples = np.moveaxis(samples, -1, 1 + axis)
     mean_box = data.denormalise(samples.mean(axis=0), scale)
     mean = cond_volume.data.copy()
     insert(mean, mean_box, lower)
@@ -204,6 +255,6 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
         std = np.zeros_like(mean)
         insert(std, data.denormalise(samples.std(axis=0), scale), lower)
     info = {"scale": scale, "box_lower": lower.tolist(), "box_upper": upper.tolist(), "model": model.description,
-            "steps": options.steps, "sampler": options.sampler, "samples": options.samples, "seed": options.seed,
+            "steps": options.steps if options.steps is not None else model.steps, "sampler": options.sampler, "samples": options.samples, "seed": options.seed,
             "voxel_mm": model.voxel_mm}
     return EnhanceResult(cond_volume.with_data(mean), cond_volume.with_data(std) if std is not None else None, info)

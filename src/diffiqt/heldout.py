@@ -56,9 +56,10 @@ def central_box(mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, slab_mm: float | None = None,
-                  region: int | None = None) -> HeldOutCase:
+                  region: int | None = None, slices_mm: tuple[float, float] | None = None) -> HeldOutCase:
     """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.data.load_sources`)
-    and its x8 scan along ``axis``; optionally only the central ``slab_mm``-thick slab across the slice axis
+    and its x8 scan along ``axis`` (or thick slices of ``slices_mm`` = (thickness, gap), e.g. (4, 1) for a
+    clinical 5 mm spacing); optionally only the central ``slab_mm``-thick slab across the slice axis
     (a quicker demo) or the central ``region``³ cube (the CPU benchmark)."""
     sample = load_sources([name])[0]
     if sample.tissues is None:
@@ -68,7 +69,10 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
         sample = crop_sample(sample, *_slab_box(sample.mask, axis, size))
     if region:
         sample = crop_sample(sample, *central_box(sample.mask, region))
-    params = LowFieldParams.for_factor(LF_FACTOR, float(sample.t1.voxel_size[axis]), axis=axis)
+    if slices_mm is None:
+        params = LowFieldParams.for_factor(LF_FACTOR, float(sample.t1.voxel_size[axis]), axis=axis)
+    else:
+        params = LowFieldParams(thickness_mm=slices_mm[0], gap_mm=slices_mm[1], axis=axis)
     result = simulate_low_field(sample.t1, sample.tissues, params, np.random.default_rng(seed), upsample=False)
     brain = sum(m.data for m in sample.tissues.as_dict().values()) > 0.5  # the maps cover the brain, with a skull too
     info = {**result.info, "source": name, "seed": seed, "slab_mm": slab_mm, "region": region}

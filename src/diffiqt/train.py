@@ -18,7 +18,7 @@ import copy
 import csv
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +29,18 @@ from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
 from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, list_checkpoints, load_weights,
                                 prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
-from diffiqt.config import DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
-from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader,
+from diffiqt.config import DataConfig, DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
+from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader, make_pair,
                           model_voxel_mm, training_and_validation, validation_blocks)
+from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
+from diffiqt.nets.linear_iqt import LinearIQT, NormalEquations
 from diffiqt.presimulated import read_pairs_file
 
 PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
+LINEAR_IQT_STREAM = 7  # keeps the seeds of fit_linear_iqt's pairs apart from other streams
 # Keys a resumed run may change: none of them alters what is computed.
 RESUMABLE_KEYS = {"steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints",
                   "tensorboard"}
@@ -68,7 +71,15 @@ def resolve_layout(net: nn.Module, cfg: TrainConfig) -> str:
     """'patches' or 'volume': how blocks are fed to the network (auto: patches iff cross-batch)."""
     layout = cfg.data.layout
     if layout == "auto":
-        layout = "patches" if net.cross_batch else "volume"
+        layout = "patches" if net.cross_batch and net.slice_fold == 1 else "volume"
+    fold = net.slice_fold
+    if fold > 1 and (cfg.data.slice_block is None or cfg.data.slice_block % (fold * net.patch_size)
+                     or cfg.data.block_size % net.patch_size):
+        raise ConfigError(f"a network with slice_fold {fold} trains on blocks with the slice axis last: set "
+                          f"data.slice_block to a multiple of {fold * net.patch_size} and data.block_size to a "
+                          f"multiple of {net.patch_size}")
+    if fold == 1 and cfg.data.slice_block is not None:
+        raise ConfigError("data.slice_block is for networks with slice_fold > 1; leave it null")
     if layout == "patches" and cfg.data.block_size != 3 * net.patch_size:
         raise ConfigError(f"data.block_size {cfg.data.block_size} must be 3 x the network's patch size "
                           f"{net.patch_size} in the patch layout")
@@ -127,7 +138,10 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, dif
     if not needs_time:
         return reconstruction_loss(model(cond), target, diffusion.loss)
     group = PATCHES_PER_BLOCK if layout == "patches" else 1
-    t = torch.rand(target.shape[0] // group, device=target.device).repeat_interleave(group)
+    t = torch.rand(target.shape[0] // group, device=target.device)
+    if diffusion.mean_fraction > 0:  # drawn only then, so that runs without it keep their random streams
+        t = torch.where(torch.rand(t.shape, device=t.device) < diffusion.mean_fraction, torch.ones_like(t), t)
+    t = t.repeat_interleave(group)
     noise = torch.randn(target.shape, device=target.device)
     return diffusion_loss(Denoiser(model, diffusion.residual_sigma), target, cond, t, noise, diffusion.loss, layout=layout)
 
@@ -496,3 +510,53 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         return Trainer(cfg, Path(out), resume, progress).run()
     finally:
         dist.close()
+
+
+# ----------------------------------------------------------------------------- linear IQT: least squares, not gradients
+
+def integral_factor(cfg: DataConfig) -> int:
+    """round(cfg.lf_factor), which must be a whole number of voxels (the slice phases must repeat)."""
+    factor = int(round(cfg.lf_factor))
+    if factor < 1 or abs(cfg.lf_factor - factor) > 1e-6:
+        raise ConfigError(f"linear IQT needs a whole-voxel slice step; data.lf_factor is {cfg.lf_factor}")
+    return factor
+
+
+def slice_last_pair(samples: list[BrainSample], cfg: DataConfig, seed_words: list[int], axis: int):
+    """One simulated pair (:func:`diffiqt.data.make_pair`, augmented if ``cfg`` says so) at slice axis ``axis``,
+    turned so that the slice axis is last: (cond, target, mask), each [X, Y, Z].
+
+    The simulator keeps HF slice 0 of the (trimmed) source along the axis as its first thick slice, so the
+    thick-slice centres are at Z = 0, f, 2f, ... with no crop; padding (to a block) only happens at the far end.
+    """
+    # One fixed factor (the filter is per phase of that factor); the arrays are turned here, not by the pair.
+    pair = make_pair(samples, replace(cfg, lf_axis=axis, lf_factors=[], slice_block=None), seed_words)
+    return tuple(np.moveaxis(a, axis, -1) for a in (pair.cond, pair.target, pair.mask))
+
+
+def fit_linear_iqt(samples: list[BrainSample], cfg: DataConfig, pairs: int, seed: int, *, radius: int = 2,
+                   before: int = 1, after: int = 2, max_voxels: int | None = 400_000) -> LinearIQT:
+    """Fit a :class:`LinearIQT` on ``pairs`` pairs simulated from ``samples`` with ``cfg`` (augmentation, SNR
+    draws and the slice axis as configured; a random axis per pair when ``cfg.lf_axis`` is None).
+
+    At most ``max_voxels`` random low-field voxels of each pair enter the normal equations. The returned net
+    carries ``fit_info`` (pairs, voxels, axes, seconds).
+    """
+    if pairs < 1:
+        raise ConfigError(f"linear IQT needs at least one training pair (got {pairs})")
+    factor = integral_factor(cfg)
+    net = LinearIQT(factor, radius, before, after)
+    equations = NormalEquations(factor, net.window, before)
+    axis_rng = np.random.default_rng([seed, LINEAR_IQT_STREAM])
+    voxel_rng = np.random.default_rng([seed, LINEAR_IQT_STREAM, 1])
+    axes = []
+    started = time.perf_counter()
+    for index in range(pairs):
+        axis = cfg.lf_axis if cfg.lf_axis is not None else int(axis_rng.integers(3))
+        cond, target, mask = slice_last_pair(samples, cfg, [seed, LINEAR_IQT_STREAM, index], axis)
+        equations.add(cond, target, mask, max_voxels, voxel_rng)
+        axes.append(axis)
+    net.set_solution(equations.solve())
+    net.fit_info = {"pairs": pairs, "voxels": equations.rows, "axes": axes,
+                    "seconds": time.perf_counter() - started}
+    return net

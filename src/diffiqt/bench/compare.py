@@ -8,8 +8,8 @@ The split, the same for every method and budget (:data:`SPLIT`):
 * **validation during training**: the anterior hold-out slab of the training source
   (``data.val_sources`` is empty), so no test volume is seen while training;
 * **test**: Colin27 skull-stripped (``colin27-brain``) and whole head (``colin27``): another real subject,
-  never used for training or validation. :func:`check_no_test_data` refuses any training config whose
-  sources or validation sources name, lie beside or copy a test volume, and runs before every training.
+  never used for training or validation: training itself refuses any source that names, lies beside or
+  copies a test brain (:func:`diffiqt.data.checked_sources`).
 
 Each test volume (or its central ``test_region``³ cube) is degraded once by the x8 low-field simulator
 with a fixed seed; every method enhances the same low-field scan. An equal budget: every trained method
@@ -19,17 +19,13 @@ The methods and their networks per budget are in :data:`BUDGETS`; the report is 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 
+from diffiqt.datasets import TEST_BRAINS
 from diffiqt.config import TrainConfig, from_dict, merge, preset_dict, validate
 from diffiqt.errors import ConfigError
-from diffiqt.io import Volume
 
 TEST_SEED = 2023  # seed of the test volumes' low-field simulations, the same for every method
 
@@ -40,7 +36,7 @@ class Split:
 
     train: tuple[str, ...] = ("mni152",)
     validation: str = "the anterior hold-out slab of each training source (data.val_sources empty)"
-    test: tuple[str, ...] = ("colin27-brain", "colin27")
+    test: tuple[str, ...] = TEST_BRAINS
 
 
 SPLIT = Split()
@@ -56,6 +52,7 @@ def bench_split() -> Split:
 # Method key -> name in the report, in the order of the paper's Table 1, then Table 2's ablations.
 METHODS = {
     "interpolation": "Interpolation",
+    "linear-iqt": "Linear IQT",
     "unet": "3D U-Net",
     "resunet": "3D ResU-Net",
     "esrgan": "3D ESRGAN",
@@ -112,7 +109,7 @@ BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
         "cpu", "2 CPU cores, under 2 hours: narrow networks, 64³ blocks, central 128³ of each test volume",
         "cpu-small", steps=300, batch_size=1, block_size=64, test_region=128,
-        networks={"interpolation": ("interpolation", {}),
+        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}),
                   "unet": ("unet", {"widths": _SMALL_WIDTHS, **_SKIP}),
                   "resunet": ("resunet", {"widths": _SMALL_WIDTHS, **_SKIP}),
                   "esrgan": ("esrgan", {"channels": 16, "growth": 8, "blocks": 1, **_SKIP}),
@@ -135,7 +132,7 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         "smoke", "seconds: tiny networks, two steps on a crop of MNI152, central 40³ of each test volume",
         "cpu-small", steps=2, batch_size=1, block_size=32, test_region=40, sample_steps=2,
-        networks={"interpolation": ("interpolation", {}), "unet": ("unet", {"widths": [4, 8], **_SKIP}),
+        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {"widths": [4, 8], **_SKIP}),
                   "resunet": ("resunet", {"widths": [4, 8], **_SKIP}),
                   "esrgan": ("esrgan", {"channels": 4, "growth": 4, "blocks": 1, **_SKIP}),
                   **_diffusion_variants("small", {**_TINY, **_SKIP})},
@@ -146,7 +143,7 @@ BUDGETS: dict[str, Budget] = {
     "paper": Budget(
         "paper", "one GPU: the paper-size networks and the paper preset (96³ blocks, 200 000 steps), whole volumes",
         "paper", steps=200_000, batch_size=1, block_size=96, device="auto", samples=3,
-        networks={"interpolation": ("interpolation", {}), "unet": ("unet", {}), "resunet": ("resunet", {}),
+        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {}), "resunet": ("resunet", {}),
                   "esrgan": ("esrgan", {}), "diffiqt": ("paper", {}), "no-crossbatch": ("no-crossbatch", {}),
                   "no-deepfeature-no-crossbatch": ("no-deepfeature-no-crossbatch", {})},
         data={"layout": "auto"},  # cross-batch networks get 27 patches, the others the 96³ block
@@ -170,8 +167,13 @@ def parse_methods(text: str | None) -> list[str]:
 
 
 def trains(budget: Budget, method: str) -> bool:
-    """Whether ``method`` has weights to train (interpolation has none)."""
-    return budget.networks[method][0] != "interpolation"
+    """Whether ``method`` has weights to train by gradient descent (interpolation has none, linear IQT is fitted)."""
+    return budget.networks[method][0] not in ("interpolation", "linear-iqt")
+
+
+def fitted(budget: Budget, method: str) -> bool:
+    """Whether ``method`` is fitted by least squares on the training brains (linear IQT)."""
+    return budget.networks[method][0] == "linear-iqt"
 
 
 def method_config(budget: Budget, method: str) -> TrainConfig:
@@ -180,7 +182,7 @@ def method_config(budget: Budget, method: str) -> TrainConfig:
     Validation uses the anterior hold-out of the training source. Checkpoints come at the preset's
     interval or every fifth of the run, whichever is shorter, so that an interrupted bench loses little.
     """
-    if not trains(budget, method):
+    if not (trains(budget, method) or fitted(budget, method)):
         raise ConfigError(f"{method} has nothing to train")
     network, overrides = budget.networks[method]
     preset = preset_dict(budget.preset)
@@ -196,56 +198,3 @@ def method_config(budget: Budget, method: str) -> TrainConfig:
     return validate(from_dict(TrainConfig, merge(preset, changes)))
 
 
-# ----------------------------------------------------------------------------- keeping the test subject out
-
-@dataclass(frozen=True)
-class HeldOutIdentity:
-    """How a test volume is recognised: its bundled name, its files and their folders, its voxel data."""
-
-    names: frozenset[str]
-    files: frozenset[Path]
-    folders: frozenset[Path]
-    hashes: frozenset[str]
-
-
-def voxel_hash(volume: Volume) -> str:
-    """SHA-256 of the voxel data: the same image under another name or path has the same hash."""
-    return hashlib.sha256(np.ascontiguousarray(volume.data).tobytes()).hexdigest()
-
-
-@functools.lru_cache(maxsize=2)
-def held_out_identity(split: Split = SPLIT) -> HeldOutIdentity:
-    """The test volumes of ``split``, loaded and hashed once per process."""
-    from diffiqt.data import load_sources
-
-    samples = load_sources(list(split.test))
-    files = {s.t1.source.path.resolve() for s in samples if s.t1.source is not None}
-    return HeldOutIdentity(frozenset(split.test), frozenset(files), frozenset(f.parent for f in files),
-                           frozenset(voxel_hash(s.t1) for s in samples))
-
-
-def check_no_test_data(cfg: TrainConfig, split: Split = SPLIT) -> None:
-    """ConfigError if a training or validation source of ``cfg`` is, holds or copies a test volume.
-
-    A source is refused if it is a test volume's bundled name, if it or one of its files is a test
-    volume's file or its folder (which holds other images of the test subject, e.g. Colin27's
-    ch2better), or if its voxel data equal a test volume's (a renamed or moved copy).
-    """
-    from diffiqt.data import load_sources
-
-    identity = held_out_identity(split)
-    for spec in [*cfg.data.sources, *cfg.data.val_sources]:
-        if spec in identity.names:
-            raise ConfigError(f"data source {spec!r} is a test volume of the bench; it cannot train or validate")
-        _check_path(spec, Path(spec), identity)  # before loading: a named file or folder is refused at once
-        for sample in load_sources([spec]):
-            if sample.t1.source is not None:
-                _check_path(spec, sample.t1.source.path, identity)
-            if voxel_hash(sample.t1) in identity.hashes:
-                raise ConfigError(f"data source {spec!r}: {sample.name} has the voxel data of a test volume")
-
-
-def _check_path(spec: str, path: Path, identity: HeldOutIdentity) -> None:
-    resolved = path.resolve()
-    if resolved in identity.files or resolved in identity.folders or resolved.parent in identity.folders:
-        raise ConfigError(f"data source {spec!r}: {resolved} is (or lies beside) a test volume of the bench")

@@ -130,7 +130,7 @@ def scan_table(results: dict, scans: list[str]) -> str:
 
 def ordering_table(results: dict) -> str:
     """Rank by rank, the paper's ordering of the methods run here beside ours, and how many pairs agree."""
-    methods = dict(entries(results))
+    methods = {m: entry for m, entry in entries(results) if m in PAPER}  # the paper's methods: linear IQT is ours
     columns, agreement = [], []
     for paper_key, our_keys in ORDERINGS:
         paper = ranked({m: PAPER[m].get(paper_key) for m in methods})

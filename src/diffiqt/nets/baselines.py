@@ -25,6 +25,12 @@ class DirectNet(nn.Module):
     in_channels = 1
     cross_batch = False
     patch_size = 32
+    slice_fold = 1
+
+    @property
+    def cell_shape(self) -> tuple[int, int, int]:
+        """Input voxels per axis that boxes and chunks are aligned to (see DiffusionIQTNet.cell_shape)."""
+        return (self.patch_size,) * 3
 
 
 class Interpolation(DirectNet):

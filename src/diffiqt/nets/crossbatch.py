@@ -47,8 +47,9 @@ def patches_to_block(patches: Tensor, grid: tuple[int, int, int] = BLOCK_GRID) -
     return block.reshape(n // per_block, channels, grid[0] * p, grid[1] * p, grid[2] * p)
 
 
-def pad_to_multiple(volume: Tensor, multiple: int) -> tuple[Tensor, tuple[slice, ...]]:
-    """Zero-pad the spatial axes of [B, C, D, H, W] at their far end up to a multiple of ``multiple``.
+def pad_to_multiple(volume: Tensor, multiple: int | tuple[int, int, int]) -> tuple[Tensor, tuple[slice, ...]]:
+    """Zero-pad the spatial axes of [B, C, D, H, W] at their far end up to a multiple of ``multiple`` (per axis
+    if a triple).
 
     Returns the padded tensor and the index that crops a network output back: ``out[crop]``.
     Padding only at the far end keeps the patch grid anchored at voxel 0, so chunks of a volume cut at
@@ -57,7 +58,8 @@ def pad_to_multiple(volume: Tensor, multiple: int) -> tuple[Tensor, tuple[slice,
     """
     spatial = volume.shape[2:]
     crop = (slice(None), slice(None), *(slice(0, n) for n in spatial))
-    extra = [-n % multiple for n in spatial]
+    multiples = (multiple,) * 3 if isinstance(multiple, int) else multiple
+    extra = [-n % m for n, m in zip(spatial, multiples)]
     if not any(extra):
         return volume, crop
     return F.pad(volume, (0, extra[2], 0, extra[1], 0, extra[0])), crop
@@ -133,6 +135,22 @@ def neighbourhood_linear_attention(
     context = context[:, :, :, :-1] / context[:, :, :, -1:]
     out = torch.einsum("bhkct,bhkjc->bhjct", q, context)
     return _from_cells(out.reshape(b, embed, -1, a**3), grid, a)
+
+
+def fold_last_axis(x: Tensor, factor: int) -> Tensor:
+    """Space-to-channels along the last axis: [B, C, D, H, W] -> [B, C·f, D, H, W/f]; channel c·f + j holds the
+    voxels at W positions j (mod f). With f the slice step of a thick-slice scan on a 1 mm grid, the f thin
+    slices under one thick slice become channels of one voxel (the low-field grid)."""
+    b, c, d, h, w = x.shape
+    if w % factor:
+        raise ValueError(f"the last axis ({w}) is not a multiple of the fold {factor}")
+    return x.reshape(b, c, d, h, w // factor, factor).permute(0, 1, 5, 2, 3, 4).reshape(b, c * factor, d, h, w // factor)
+
+
+def unfold_last_axis(x: Tensor, factor: int) -> Tensor:
+    """Inverse of :func:`fold_last_axis`: [B, C·f, D, H, W] -> [B, C, D, H, W·f]."""
+    b, cf, d, h, w = x.shape
+    return x.reshape(b, cf // factor, factor, d, h, w).permute(0, 1, 3, 4, 5, 2).reshape(b, cf // factor, d, h, w * factor)
 
 
 def halo_of_path(steps: list[int | str]) -> int:

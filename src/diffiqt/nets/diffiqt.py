@@ -28,7 +28,8 @@ from diffiqt.nets.blocks import (
     start_at_zero,
     TransformerBlock,
 )
-from diffiqt.nets.crossbatch import BLOCK_GRID, block_to_patches, halo_of_path, pad_to_multiple, patches_to_block
+from diffiqt.nets.crossbatch import (BLOCK_GRID, block_to_patches, fold_last_axis, halo_of_path, pad_to_multiple,
+                                     patches_to_block, unfold_last_axis)
 
 
 class EncoderLevel(nn.Module):
@@ -76,6 +77,13 @@ class DiffusionIQTNet(nn.Module):
     ``condition_skip`` adds the LF condition to the output and starts the head at zero (the identity on
     the condition). ``zero_head`` only starts the head at zero: for a Denoiser with ``residual_sigma``,
     which adds the condition itself, so that the untrained network already returns interpolation.
+
+    ``slice_fold`` f > 1 runs the network on the low-field grid: the last axis is the slice axis of a
+    thick-slice scan (resampled to the model grid, so f voxels per thick slice at x f) and its f voxels
+    under each thick slice are folded into channels at the input (condition and noisy image alike) and
+    unfolded at the output, the channel shuffle of the paper applied along one axis. Every layer then sees
+    f times fewer voxels. Cells are ``patch_size``² × ``patch_size``·f input voxels (:attr:`cell_shape`);
+    the cross-batch mechanism is unchanged on the folded grid, and only the volume layout is offered.
     """
 
     name = "diffiqt"
@@ -98,9 +106,14 @@ class DiffusionIQTNet(nn.Module):
         time_dim: int = 256,
         condition_skip: bool = False,
         zero_head: bool = False,
+        slice_fold: int = 1,
     ):
         super().__init__()
         levels = len(widths)
+        if slice_fold < 1:
+            raise ValueError(f"slice_fold must be >= 1, not {slice_fold}")
+        if slice_fold > 1 and not cross_batch:
+            raise ValueError("slice_fold > 1 needs cross_batch (independent patches are cut as cubes)")
         if patch_size % (2 ** (levels - 1) * tokens_per_axis):
             raise ValueError(f"patch_size {patch_size} does not fit {levels} levels of {tokens_per_axis}³ tokens")
         self.widths = list(widths)
@@ -108,8 +121,9 @@ class DiffusionIQTNet(nn.Module):
         self.tokens_per_axis = tokens_per_axis
         self.cross_batch = cross_batch
         self.patch_size = patch_size
+        self.slice_fold = slice_fold
         self.time_embedding = LogSNREmbedding(time_dim)
-        self.stem = InputConv(self.in_channels, widths[0])
+        self.stem = InputConv(self.in_channels * slice_fold, widths[0])
         self.encoder = nn.ModuleList(
             EncoderLevel(
                 width,
@@ -129,7 +143,7 @@ class DiffusionIQTNet(nn.Module):
             DecoderLevel(width * (1 if level == levels - 1 else 2), width, res_blocks, time_dim)
             for level, width in enumerate(widths)
         )
-        self.head = nn.Sequential(ChannelNorm(widths[0]), Mish(), PointwiseConv(widths[0], 1))
+        self.head = nn.Sequential(ChannelNorm(widths[0]), Mish(), PointwiseConv(widths[0], slice_fold))
         self.condition_skip = condition_skip
         if condition_skip or zero_head:
             # The network learns the correction to the LF condition and starts as the identity on it,
@@ -139,10 +153,12 @@ class DiffusionIQTNet(nn.Module):
     def forward(self, x: Tensor, logsnr: Tensor, layout: str = "volume") -> Tensor:
         logsnr = logsnr.reshape(-1).expand(x.shape[0])
         if layout == "patches":
+            if self.slice_fold > 1:
+                raise ValueError("a network with slice_fold > 1 runs in the volume layout only")
             return self._forward_patches(x, logsnr)
         if layout != "volume":
             raise ValueError(f"layout must be 'volume' or 'patches', not {layout!r}")
-        padded, crop = pad_to_multiple(x, self.patch_size)
+        padded, crop = pad_to_multiple(x, self.cell_shape)
         if self.cross_batch:
             return self._forward_blocks(padded, logsnr)[crop]
         grid = tuple(n // self.patch_size for n in padded.shape[2:])
@@ -165,7 +181,7 @@ class DiffusionIQTNet(nn.Module):
     def _forward_blocks(self, x: Tensor, logsnr: Tensor) -> Tensor:
         """The network proper on grid-aligned tensors: [B, 2, D, H, W] (multiples of patch_size) -> [B, 1, D, H, W]."""
         time = F.mish(self.time_embedding(logsnr))
-        h = self.stem(x)
+        h = self.stem(fold_last_axis(x, self.slice_fold) if self.slice_fold > 1 else x)
         skips = []
         for level, encoder in enumerate(self.encoder):
             if level:
@@ -179,7 +195,14 @@ class DiffusionIQTNet(nn.Module):
                 h = torch.cat([self.up[level](h), skips[level]], dim=1)
             h = self.decoder[level](h, time)
         out = self.head(h)
+        if self.slice_fold > 1:
+            out = unfold_last_axis(out, self.slice_fold)
         return out + x[:, :1] if self.condition_skip else out
+
+    @property
+    def cell_shape(self) -> tuple[int, int, int]:
+        """Input voxels of one attention cell per axis; chunks and boxes are cut on this grid."""
+        return (self.patch_size, self.patch_size, self.patch_size * self.slice_fold)
 
     @property
     def receptive_field(self) -> int:
@@ -189,7 +212,7 @@ class DiffusionIQTNet(nn.Module):
         carry this halo on each side. Without cross-batch every patch is computed alone, so nothing
         reaches past its own patch.
         """
-        reach = halo_of_path(self._halo_steps())
+        reach = halo_of_path(self._halo_steps()) * self.slice_fold  # folded voxels span f input voxels on one axis
         return reach if self.cross_batch else min(reach, self.patch_size - 1)
 
     def _halo_steps(self) -> list:

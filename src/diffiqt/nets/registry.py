@@ -14,6 +14,7 @@ from diffiqt.errors import ConfigError
 from diffiqt.nets.baselines import Interpolation, UNet3d
 from diffiqt.nets.diffiqt import DiffusionIQTNet
 from diffiqt.nets.esrgan import ESRGANGenerator3d
+from diffiqt.nets.linear_iqt import LinearIQT
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,17 @@ _REGISTRY: dict[str, _Entry] = {
         None,
         _SMALL,
     ),
+    "lowfield-small": _Entry(
+        DiffusionIQTNet,
+        "DiffusionIQT on the low-field grid: x8 slices folded into channels, all mechanisms, 32 channels",
+        None,
+        {**_SMALL, "widths": [32, 64, 128], "patch_size": 16, "slice_fold": 8},
+    ),
     "unet": _Entry(UNet3d, "3D U-Net (Lin et al. 2023)", 48.8, {"widths": [96, 192, 384, 768]}),
     "resunet": _Entry(UNet3d, "3D ResU-Net (Lin et al. 2023)", 37.2, {"widths": [80, 160, 320, 640], "residual": True}),
     "esrgan": _Entry(ESRGANGenerator3d, "3D ESRGAN generator (RRDB)", 28.7),
     "interpolation": _Entry(Interpolation, "cubic interpolation: the LF condition itself", None),
+    "linear-iqt": _Entry(LinearIQT, "linear IQT: per-slice-phase least-squares filter (fitted, not trained)", None),
 }
 
 
