@@ -96,7 +96,9 @@ def test_fit_never_scores_below_strict_for_a_noisy_prediction_at_the_right_scale
     noisy = np.clip(t + np.random.default_rng(3).normal(0, 10, t.shape), 0, None).astype(np.float32)
     fit, strict = metrics.fit_protocol(noisy, t, mask), metrics.strict_protocol(noisy, t, mask)
     assert fit["fit_psnr"] >= strict["psnr"] - 1e-9
-    assert fit["fit_ssim"] == pytest.approx(strict["ssim"], abs=0.01)  # gain ~1, offset ~0: little to remove
+    # gain ~1, offset ~0: little to remove; fit's SSIM compares the two inside the mask (zero outside)
+    inside = metrics.strict_protocol(np.where(mask, noisy, 0), np.where(mask, t, 0), mask)
+    assert fit["fit_ssim"] == pytest.approx(inside["ssim"], abs=0.02)  # the gain < 1 shrinks the noise a little
 
 
 def test_evaluate_reports_all_protocols(mni_crop):

@@ -14,8 +14,8 @@
   penalised for it. One affine map per prediction, a·pred + b, is fitted to the
   target by least squares over the mask voxels (:func:`affine_fit`); the mapped
   prediction is then scored exactly as ``strict`` scores (same fixed target
-  range, clipped at 0, PSNR in the mask, SSIM on the mask's bounding box; no
-  MS-SSIM). It removes a gain and offset, nothing else: contrast between
+  range, clipped at 0, PSNR in the mask, SSIM on the mask's bounding box, both
+  volumes zero outside the mask, where the map was not fitted; no MS-SSIM). It removes a gain and offset, nothing else: contrast between
   tissues, blur and noise still count. Since the fit can only lower the masked
   MSE, ``fit_psnr`` >= ``psnr`` whenever prediction and target have no negative
   voxel in the mask (strict's clipping of negatives is then a no-op). SSIM is
@@ -183,6 +183,9 @@ def fit_protocol(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict
     # float64, so that an exact affine copy of the target maps back to it within rounding (PSNR ~inf).
     p, t = on_target_range(gain * pred.astype(np.float64) + offset, target, mask)
     box = bounding_box(mask)
+    # The map is fitted inside the mask and means nothing outside it (its offset would light up the
+    # background of the box), so SSIM compares the two volumes inside the mask, zero elsewhere.
+    p, t = np.where(mask, p, 0.0), np.where(mask, t, 0.0)
     return {"fit_psnr": psnr(p, t, 1.0, mask), "fit_ssim": ssim3d(p[box], t[box], 1.0)}
 
 
