@@ -15,6 +15,7 @@ from diffiqt.diffusion import Denoiser
 from diffiqt.enhance import ChunkedDenoiser, EnhanceOptions, Model, chunk_size, enhance, head_box, slice_axis
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.nets.crossbatch import fold_last_axis, unfold_last_axis
+from diffiqt.resample import to_isotropic
 from diffiqt.simulate import LowFieldParams, simulate_low_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,10 +113,7 @@ def test_enhance_turns_the_slice_axis_last_for_a_folded_network_and_back(mni):
             return phase0.repeat_interleave(4, dim=-1)
 
     result = enhance(lf, Model(PhaseProbe(), voxel_mm=1.0, steps=1), EnhanceOptions())
-    out, cond = result.mean.data, None
-    from diffiqt.resample import to_isotropic
-
-    cond = to_isotropic(lf, 1.0).data
+    out, cond = result.mean.data, to_isotropic(lf, 1.0).data
     box_lo, box_hi = np.array(result.info["box_lower"]), np.array(result.info["box_upper"])
     assert box_lo[0] % 4 == 0  # the box starts on a thick slice
     inside = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(box_lo, box_hi, cond.shape))
