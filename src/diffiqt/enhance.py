@@ -60,12 +60,12 @@ class Model:
     @property
     def slice_fold(self) -> int:
         """> 1 for a network on the low-field grid: it takes the scan's slice axis last (see DiffusionIQTNet)."""
-        return int(getattr(self.net, "slice_fold", 1))
+        return int(self.net.slice_fold)
 
     def cell_shape(self, slice_axis: int) -> np.ndarray:
         """Voxels per axis of the scan's model grid that the head box is aligned to (the net's cells, the
         slice axis moved back to where the scan has it)."""
-        shape = list(getattr(self.net, "cell_shape", (self.cell,) * 3))
+        shape = list(self.net.cell_shape)
         if self.slice_fold > 1:
             shape.insert(slice_axis, shape.pop())
         return np.array(shape)

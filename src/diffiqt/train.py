@@ -36,7 +36,7 @@ from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
-from diffiqt.nets.linear_iqt import LinearIQT, NormalEquations
+from diffiqt.nets.linear_iqt import LinearIQT
 from diffiqt.presimulated import read_pairs_file
 
 PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
@@ -545,18 +545,10 @@ def fit_linear_iqt(samples: list[BrainSample], cfg: DataConfig, pairs: int, seed
     if pairs < 1:
         raise ConfigError(f"linear IQT needs at least one training pair (got {pairs})")
     factor = integral_factor(cfg)
-    net = LinearIQT(factor, radius, before, after)
-    equations = NormalEquations(factor, net.window, before)
     axis_rng = np.random.default_rng([seed, LINEAR_IQT_STREAM])
-    voxel_rng = np.random.default_rng([seed, LINEAR_IQT_STREAM, 1])
-    axes = []
+    axes = [cfg.lf_axis if cfg.lf_axis is not None else int(axis_rng.integers(3)) for _ in range(pairs)]
+    simulated = (slice_last_pair(samples, cfg, [seed, LINEAR_IQT_STREAM, index], axis) for index, axis in enumerate(axes))
     started = time.perf_counter()
-    for index in range(pairs):
-        axis = cfg.lf_axis if cfg.lf_axis is not None else int(axis_rng.integers(3))
-        cond, target, mask = slice_last_pair(samples, cfg, [seed, LINEAR_IQT_STREAM, index], axis)
-        equations.add(cond, target, mask, max_voxels, voxel_rng)
-        axes.append(axis)
-    net.set_solution(equations.solve())
-    net.fit_info = {"pairs": pairs, "voxels": equations.rows, "axes": axes,
-                    "seconds": time.perf_counter() - started}
+    net = LinearIQT.fit(simulated, factor, radius, before, after, max_voxels, seed=[seed, LINEAR_IQT_STREAM, 1])
+    net.fit_info.update(axes=axes, seconds=time.perf_counter() - started)
     return net

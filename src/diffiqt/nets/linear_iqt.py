@@ -102,7 +102,7 @@ class LinearIQT(DirectNet):
 
     @classmethod
     def fit(cls, pairs: Iterable, factor: int, radius: int = 2, before: int = 1, after: int = 2,
-            max_voxels: int | None = None, seed: int = 0) -> "LinearIQT":
+            max_voxels: int | None = None, seed: int | list[int] = 0) -> "LinearIQT":
         """Least-squares fit on ``pairs``: objects with ``cond``, ``target`` and ``mask`` arrays [X, Y, Z] (slice
         axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.data.Pair` turned so), or
         (cond, target, mask) tuples. See :class:`NormalEquations`."""
