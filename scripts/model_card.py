@@ -40,6 +40,7 @@ class Case:
     axis: int
     slices_mm: tuple[float, float] | None = None  # (thickness, gap); None: x8 at the paper's 3:1 ratio
     steps: int | None = None  # None: the model's own
+    sampler: str | None = None  # None: the model's own
     samples: int = 1
     picture: str | None = None
 
@@ -58,6 +59,7 @@ CASES = [
     Case("colin27-brain", 2, slices_mm=(4.0, 1.0)),
     Case("colin27-brain", 2, steps=20, samples=1),
     Case("colin27-brain", 2, steps=20, samples=4, picture="model_card_samples.png"),
+    Case("colin27-brain", 2, steps=20, sampler="paper"),  # the paper's sampler, for comparison
 ]
 QUICK = [Case("colin27-brain", 2, picture="model_card_quick.png")]
 
@@ -70,14 +72,14 @@ def cell(values: list[float | None], digits: int) -> str:
     return f"{shown} ({values[-1] - values[0]:+.{digits}f})"
 
 
-def row(case: Case, steps: int, seconds: float, scores: dict) -> str:
+def row(case: Case, steps: int, sampler: str, seconds: float, scores: dict) -> str:
     methods = [scores["cubic"], scores["linear-iqt"], scores["enhanced"]]
     columns = [cell([m.get(key) for m in methods], 3 if "ssim" in key else 2)
                for key in ("psnr", "fit_psnr", "ssim", "fit_ssim", "paper_psnr", "paper_ms_ssim")]
     rho = scores["enhanced"].get("uncertainty_error_spearman")
     scalp = scores["enhanced"].get("outside_brain_mae_pct")
     scalp_text = "–" if scalp is None else f"{scores['cubic']['outside_brain_mae_pct']:.2f} → {scalp:.2f}"
-    return (f"| {case.brain} | {AXES[case.axis]} {case.spacing} | {steps}×{case.samples} | " + " | ".join(columns)
+    return (f"| {case.brain} | {AXES[case.axis]} {case.spacing} | {sampler} {steps}×{case.samples} | " + " | ".join(columns)
             + f" | {scalp_text} | {'–' if rho is None else f'{rho:.2f}'} | {seconds:.0f} |")
 
 
@@ -104,7 +106,7 @@ def main() -> None:
     print(f"{model.description} · git {revision or 'unknown'} · {datetime.date.today().isoformat()} · {cpu_name()} · "
           f"torch threads {torch.get_num_threads()} · load average at start {load_average()}\n")
     print("Each cell: cubic / linear IQT / model (Δ model − cubic).\n")
-    print("| brain | slices | steps×samples | PSNR strict | PSNR fit | SSIM strict | SSIM fit | PSNR paper | "
+    print("| brain | slices | sampler steps×samples | PSNR strict | PSNR fit | SSIM strict | SSIM fit | PSNR paper | "
           "MS-SSIM paper | scalp MAE % | ρ(sd, error) | enhance s |")
     print("|---|---|---|---|---|---|---|---|---|---|---:|---:|")
     cases = QUICK if args.quick else [CASES[i] for i in args.cases] if args.cases else CASES
@@ -114,12 +116,14 @@ def main() -> None:
         if case.factor not in linear:
             linear[case.factor] = linear_iqt_model(args.train_sources, case.factor, model.voxel_mm)
         held = held_out_case(case.brain, seed=args.seed, axis=case.axis, slices_mm=case.slices_mm)
-        steps = case.steps or model.steps
-        result = run_held_out(held, model, EnhanceOptions(steps=steps, samples=case.samples, seed=args.seed))
+        steps, sampler = case.steps or model.steps, case.sampler or model.sampler
+        result = run_held_out(held, model, EnhanceOptions(steps=steps, sampler=sampler, samples=case.samples,
+                                                          seed=args.seed))
         baseline = enhance(held.lf, linear[case.factor], EnhanceOptions())
         result.scores["linear-iqt"] = score(baseline.mean.data, held)
-        print(row(case, steps, result.seconds, result.scores), flush=True)
+        print(row(case, steps, sampler, result.seconds, result.scores), flush=True)
         results.append({"brain": case.brain, "axis": case.axis, "slices_mm": case.slices_mm, "steps": steps,
+                        "sampler": sampler,
                         "samples": case.samples, "seconds": result.seconds, "scores": result.scores})
         if case.picture:
             demo_montage(held, result, args.out / case.picture)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from diffiqt.diffusion import (LOGSNR_MAX, LOGSNR_MIN, SAMPLERS, Denoiser, add_noise, alpha_sigma, diffusion_loss,
-                               logsnr, reconstruction_loss, residual_preconditioning)
+from diffiqt.diffusion import (LOGSNR_MAX, LOGSNR_MIN, REFINE_START, SAMPLERS, Denoiser, add_noise, alpha_sigma,
+                               diffusion_loss, logsnr, reconstruction_loss, refine_times, residual_preconditioning)
 
 T = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
 
@@ -161,6 +161,32 @@ def test_ancestral_step_is_the_textbook_gaussian_posterior():
     mean = a_ts * s_s**2 / s_t**2 * 0.3 + a_s * var_ts / s_t**2 * 0.9
     assert draws.mean().item() == pytest.approx(mean.item(), abs=3e-3)
     assert draws.var().item() == pytest.approx((var_ts * s_s**2 / s_t**2).item(), rel=0.02)
+
+
+def test_refine_grid_jumps_from_pure_noise_to_its_start_then_descends_evenly():
+    times = refine_times(5, 0.4)
+    assert times.tolist() == pytest.approx([1.0, 0.4, 0.3, 0.2, 0.1, 0.0])
+    assert refine_times(1, 0.4).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError):
+        refine_times(5, 0.0)
+
+
+def test_refine_starts_from_the_one_step_posterior_mean():
+    """Its first prediction is the t = 1 mean (what one step returns); later steps see it re-noised to
+    REFINE_START: the x_t they get is alpha x_mean + sigma eps, not a fresh draw of noise."""
+    net = RecordingNet()
+    target, cond = _target_and_cond()
+    noise = torch.randn(target.shape)
+    one_step = SAMPLERS["paper"](Denoiser(net), cond, 1, noise=noise.clone())
+    seen = {}
+    SAMPLERS["refine"](Denoiser(net), cond, 4, torch.Generator().manual_seed(7), noise=noise.clone(),
+                       callback=lambda i, s, x, x_hat: seen.setdefault(i, (s, x, x_hat)))
+    s0, x_s0, first = seen[0]
+    assert torch.equal(first, one_step)
+    assert s0 == pytest.approx(REFINE_START)
+    alpha, sigma = alpha_sigma(torch.tensor(REFINE_START))
+    residual = (x_s0 - alpha * first) / sigma  # the added noise, standard normal
+    assert abs(residual.mean().item()) < 0.1 and residual.std().item() == pytest.approx(1.0, rel=0.1)
 
 
 def test_ddim_is_deterministic_given_the_starting_noise():

@@ -11,6 +11,7 @@ import torch
 from diffiqt import nets
 from diffiqt.datasets import TissueMaps
 from diffiqt.diffusion import Denoiser
+from diffiqt.errors import ConfigError
 from diffiqt.enhance import ChunkedDenoiser, EnhanceOptions, Model, chunk_size, enhance, extract, head_box, insert
 from diffiqt.simulate import LowFieldParams, simulate_low_field
 
@@ -83,6 +84,15 @@ def test_samples_give_a_nonnegative_uncertainty_and_seeds_repeat(lf_scan, conv_m
     assert first.std.data.min() >= 0 and first.std.data.max() > 0
     np.testing.assert_array_equal(first.mean.data, again.mean.data)
     assert not np.array_equal(first.mean.data, other.mean.data)
+
+
+def test_the_model_s_own_sampler_is_used_unless_one_is_given(lf_scan, conv_model):
+    lf, _ = lf_scan
+    refining = Model(conv_model.net, sampler="refine", steps=2)
+    assert enhance(lf, refining, EnhanceOptions()).info["sampler"] == "refine"
+    assert enhance(lf, refining, EnhanceOptions(sampler="ddim")).info["sampler"] == "ddim"
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        enhance(lf, Model(conv_model.net, sampler="bogus"), EnhanceOptions(steps=1))
 
 
 @pytest.fixture(scope="module")

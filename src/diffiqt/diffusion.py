@@ -158,16 +158,35 @@ def _ddim_step(x_t, x_hat, t, s, generator):
     return alpha_s * x_hat + sigma_s * (x_t - alpha_t * x_hat) / sigma_t
 
 
-def _sample(step_fn, denoiser, cond, steps, generator, callback, noise, net_kwargs) -> Tensor:
-    """Shared loop: uniform times 1 = t_0 > t_1 > ... > t_steps = 0.
+def uniform_times(steps: int) -> Tensor:
+    """The time grid 1 = t_0 > t_1 > ... > t_steps = 0, evenly spaced (the paper's)."""
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def refine_times(steps: int, start: float) -> Tensor:
+    """1, then ``start`` = t_1 > ... > t_steps = 0 evenly spaced: one jump from pure noise to ``start``.
+
+    The first step predicts the posterior mean from the condition alone (x_1 carries no signal);
+    the rest is a short chain that refines that mean from noise level ``start``. With one step the
+    result is the posterior mean itself.
+    """
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    if steps == 1:
+        return uniform_times(1)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.linspace(start, 0.0, steps, dtype=torch.float64)])
+
+
+def _sample(step_fn, denoiser, cond, times, generator, callback, noise, net_kwargs) -> Tensor:
+    """Shared loop over a decreasing time grid ``times`` from 1 to 0 (len = steps + 1).
 
     The last step returns the prediction x_hat itself (Algorithm 2 with eps = 0
     and alpha_0 = 1; the clamped schedule would otherwise scale it by 1 - 1.5e-7).
     """
+    steps = len(times) - 1
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = noise if noise is not None else _randn(cond, generator)
-    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     for i in range(steps):
         t, s = times[i], times[i + 1]
         x_hat = denoiser(cond, x, float(t), **net_kwargs)
@@ -187,23 +206,36 @@ def sample_paper(denoiser: Callable, cond: Tensor, steps: int = 20, generator: t
     Returns x_0 [B, 1, D, H, W]. Several samples of one input: repeat ``cond``
     along the batch axis.
     """
-    return _sample(_paper_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+    return _sample(_paper_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
 def sample_ancestral(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
                      callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x_hat); arguments as :func:`sample_paper`."""
-    return _sample(_ancestral_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+    return _sample(_ancestral_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
 def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
                 callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
     """Deterministic DDIM (randomness only in the starting noise); arguments as :func:`sample_paper`."""
-    return _sample(_ddim_step, denoiser, cond, steps, generator, callback, noise, net_kwargs)
+    return _sample(_ddim_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
+
+
+REFINE_START = 0.4  # noise level the refinement chain starts from (chosen on validation brains, docs/model-card.md)
+
+
+def sample_refine(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+                  callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+    """The posterior mean, refined: ancestral steps on :func:`refine_times` (a jump from t = 1 to
+    :data:`REFINE_START`, then evenly to 0). A sample stays near the mean, which a model trained for
+    the mean at t = 1 (``diffusion.mean_fraction``) predicts best; arguments as :func:`sample_paper`."""
+    return _sample(_ancestral_step, denoiser, cond, refine_times(steps, REFINE_START), generator, callback, noise,
+                   net_kwargs)
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "paper": sample_paper,
     "ancestral": sample_ancestral,
     "ddim": sample_ddim,
+    "refine": sample_refine,
 }

@@ -37,6 +37,7 @@ from diffiqt.resample import to_isotropic
 HEAD_MARGIN_MM = 8.0
 DEFAULT_VOXEL_MM = 1.0
 DEFAULT_STEPS = 20  # the paper's
+DEFAULT_SAMPLER = "paper"  # the paper's Algorithm 2
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Model:
     warning: str | None = None  # what a shipped model's card says users must know before trusting it
     residual_sigma: float | None = None  # the Denoiser's preconditioning it was trained with
     steps: int = DEFAULT_STEPS  # sampling steps the model is meant to be used with (its card's or training config's)
+    sampler: str = DEFAULT_SAMPLER  # likewise the sampler (a key of diffiqt.diffusion.SAMPLERS)
 
     def denoiser(self) -> Denoiser:
         return Denoiser(self.net, self.residual_sigma)
@@ -74,7 +76,7 @@ class Model:
 @dataclass
 class EnhanceOptions:
     steps: int | None = None  # None: the model's own (Model.steps)
-    sampler: str = "paper"
+    sampler: str | None = None  # None: the model's own (Model.sampler)
     samples: int = 1
     seed: int = 0
     device: str = "cpu"
@@ -101,12 +103,13 @@ def load_model(spec: str | Path) -> Model:
     if ref.name is not None:
         net, card = load_shipped(ref.name)
         return Model(net, float(card["voxel_mm"]), f"shipped model {ref.name} (step {card.get('step')})", card.get("warning"),
-                     card.get("residual_sigma"), int(card.get("sample_steps", DEFAULT_STEPS)))
+                     card.get("residual_sigma"), int(card.get("sample_steps", DEFAULT_STEPS)),
+                     str(card.get("sampler", DEFAULT_SAMPLER)))
     meta = checkpoint.read_checkpoint(ref.path)
     net, cfg = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
     return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma,
-                 steps=cfg.diffusion.sample_steps)
+                 steps=cfg.diffusion.sample_steps, sampler=cfg.diffusion.sampler)
 
 
 def head_box(lf: np.ndarray, cell, margin: int, phase: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +206,9 @@ def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Ca
     """``options.samples`` trajectories of the sampler on one condition box [1, 1, D, H, W] -> [S, 1, D, H, W]
     (the box in the network's orientation: the slice axis last for a network on the low-field grid)."""
     steps = options.steps if options.steps is not None else model.steps
-    if options.sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {options.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    sampler = options.sampler or model.sampler
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if steps < 1 or options.samples < 1:
         raise ConfigError("--steps and --samples must be at least 1")
     denoiser: nn.Module = model.denoiser()
@@ -218,7 +222,7 @@ def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Ca
     with torch.inference_mode():
         if not getattr(model.net, "needs_time", True):  # a supervised baseline: one pass, no sampling
             return model.net(batch)
-        return SAMPLERS[options.sampler](denoiser, batch, steps, generator, callback, layout="volume")
+        return SAMPLERS[sampler](denoiser, batch, steps, generator, callback, layout="volume")
 
 
 def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
@@ -255,6 +259,6 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
         std = np.zeros_like(mean)
         insert(std, data.denormalise(samples.std(axis=0), scale), lower)
     info = {"scale": scale, "box_lower": lower.tolist(), "box_upper": upper.tolist(), "model": model.description,
-            "steps": options.steps if options.steps is not None else model.steps, "sampler": options.sampler, "samples": options.samples, "seed": options.seed,
+            "steps": options.steps if options.steps is not None else model.steps, "sampler": options.sampler or model.sampler, "samples": options.samples, "seed": options.seed,
             "voxel_mm": model.voxel_mm}
     return EnhanceResult(cond_volume.with_data(mean), cond_volume.with_data(std) if std is not None else None, info)

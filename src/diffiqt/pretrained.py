@@ -155,10 +155,10 @@ def check_export_target(name: str, folder: Path, *, default: bool, force: bool) 
 
 def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_DIR, *, dtype: str = "float16",
                       default: bool = False, summary: dict | None = None, steps: int | None = None,
-                      force: bool = False) -> tuple[Path, Path]:
+                      sampler: str | None = None, force: bool = False) -> tuple[Path, Path]:
     """Write a checkpoint's EMA weights as a shipped model ``name`` (weights + card).
 
-    ``steps``: the sampling steps ``diffiqt enhance`` uses for it by default (None: its training config's).
+    ``steps``, ``sampler``: what ``diffiqt enhance`` samples it with by default (None: its training config's).
     ``force``: replace an existing model of that name (never one of the installed package's).
     """
     from diffiqt.checkpoint import read_checkpoint, read_tensors
@@ -176,6 +176,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_
         "voxel_mm": float(ckpt.meta.get("voxel_mm", 1.0)),
         "residual_sigma": ckpt.config.diffusion.residual_sigma,
         "sample_steps": steps or ckpt.config.diffusion.sample_steps,
+        "sampler": sampler or ckpt.config.diffusion.sampler,
         "sha256": sha256(weights),
         "dtype": dtype,
         "step": ckpt.step,

@@ -15,7 +15,7 @@ def enhance(
     out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
     model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
     steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
-    sampler: str = typer.Option("paper", help="paper (Algorithm 2), ancestral (posterior) or ddim (deterministic)."),
+    sampler: str | None = typer.Option(None, help="paper (Algorithm 2), ancestral (posterior), ddim (deterministic) or refine (the posterior mean, then a short chain from it); default: the model's own (its card says it).", show_default=False),
     samples: int = typer.Option(1, help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty)."),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (cuda if available)."),
@@ -51,7 +51,7 @@ def enhance(
 
     # Everything that can be checked without the model is checked before it loads (seconds), so that a
     # mistake costs nothing and is the one line printed.
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if (steps is not None and steps < 1) or samples < 1 or (max_voxels is not None and max_voxels < 1):
         raise ConfigError("--steps, --samples and --max-voxels must be at least 1")

@@ -74,6 +74,7 @@ def export_model(
     default: Annotated[bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")] = False,
     summary: Annotated[str | None, typer.Option("--summary", help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sample_steps).", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="Sampler `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sampler).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an exported model of that name in --folder (the installed package's own models are never replaced).")] = False,
 ) -> None:
     """Turn a training checkpoint's EMA weights into a model that `diffiqt enhance --model NAME` finds.
@@ -86,9 +87,12 @@ def export_model(
     import json
     from pathlib import Path
 
-    from diffiqt.errors import InputError
+    from diffiqt.diffusion import SAMPLERS
+    from diffiqt.errors import ConfigError, InputError
     from diffiqt.pretrained import WEIGHTS_DIR, export_checkpoint
 
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     target = Path(folder) if folder else WEIGHTS_DIR
     extra = None
     if summary:
@@ -96,6 +100,7 @@ def export_model(
             extra = json.loads(Path(summary).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{summary}: not a readable JSON file ({exc})") from None
-    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps, force=force)
+    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps,
+                                      sampler=sampler, force=force)
     typer.echo(str(weights))
     typer.echo(str(card))
