@@ -36,6 +36,7 @@ from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
+from diffiqt.nets.base import Network
 from diffiqt.nets.linear_iqt import LinearIQT
 from diffiqt.presimulated import read_pairs_file
 
@@ -67,7 +68,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def resolve_layout(net: nn.Module, cfg: TrainConfig) -> str:
+def resolve_layout(net: Network, cfg: TrainConfig) -> str:
     """'patches' or 'volume': how blocks are fed to the network (auto: patches iff cross-batch)."""
     layout = cfg.data.layout
     if layout == "auto":
@@ -107,18 +108,18 @@ def from_layout(x: Tensor, layout: str) -> Tensor:
 class EMA:
     """Exponential moving average of a network's weights (buffers are copied)."""
 
-    def __init__(self, net: nn.Module, decay: float):
+    def __init__(self, net: Network, decay: float):
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, net: nn.Module, step: int) -> None:
+    def update(self, net: Network, step: int) -> None:
         # A shorter memory early on, so that the average is not dominated by the initial weights.
         decay = min(self.decay, (1 + step) / (10 + step))
         for avg, new in zip(self.module.parameters(), net.parameters()):
             avg.lerp_(new.detach(), 1.0 - decay)
-        for avg, new in zip(self.module.buffers(), net.buffers()):
-            avg.copy_(new)
+        for kept, buffer in zip(self.module.buffers(), net.buffers()):
+            kept.copy_(buffer)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -147,7 +148,7 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, dif
 
 
 @torch.no_grad()
-def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
+def validate_blocks(net: Network, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
     """On the validation blocks: the training loss, and the PSNR of the prediction and of the LF input.
 
     The loss is :func:`batch_loss` with times and noise from a fixed seed; diffusion
@@ -265,12 +266,12 @@ def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
     return model.net.state_dict(), stored_config(model.net), model.residual_sigma
 
 
-def stored_config(net: nn.Module) -> dict:
+def stored_config(net: Network) -> dict:
     """A network's config as checkpoints and cards store it (JSON: tuples become lists)."""
     return json.loads(json.dumps(dict(net.config)))
 
 
-def check_initial(cfg: TrainConfig, net: nn.Module, network: dict, residual_sigma: float | None) -> None:
+def check_initial(cfg: TrainConfig, net: Network, network: dict, residual_sigma: float | None) -> None:
     """The run must build the same model as the one it starts from: same weights' shapes, same settings
     (e.g. condition_skip, which changes no shape), same Denoiser preconditioning."""
     mine = stored_config(net)
@@ -389,7 +390,7 @@ class Trainer:
                 logs.close()
         return TrainResult(self.out, self.step, self.last_checkpoint, self.val)
 
-    def _loop(self, logs: "Logs | None") -> None:
+    def _loop(self, logs: Logs | None) -> None:
         cfg = self.cfg
         batches = iter(make_loader(self.stream))
         with ProgressBar(cfg.steps, self.step, enabled=self.show_progress and self.rank == 0) as bar:
@@ -487,7 +488,7 @@ class ProgressBar:
                                      console=Console(stderr=True))
             self.task = self.progress.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         if self.progress is not None:
             self.progress.start()
         return self

@@ -14,12 +14,12 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffiqt.nets import build_network
+from diffiqt.nets import Network, build_network
 
 BATCH_PATCHES = 27  # one training mini-batch: the 3×3×3 patches of a 96³ block
 PEAK_SHAPE = (2, 64, 32, 32, 32)  # the peak probe: a 64 -> 64 3³ convolution on this input
@@ -133,7 +133,7 @@ class NetworkTiming:
     backward_flops: int  # forward + backward
 
 
-def network_batch(net: torch.nn.Module, device: torch.device) -> tuple[tuple, dict]:
+def network_batch(net: Network, device: torch.device) -> tuple[tuple, dict]:
     """A fixed 27-patch batch (args, kwargs) for ``net``."""
     generator = torch.Generator().manual_seed(0)
     size = net.patch_size

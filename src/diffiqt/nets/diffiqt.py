@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffiqt.nets.base import Network
 from diffiqt.nets.blocks import (
     ChannelNorm,
     ChannelShuffleDown,
@@ -62,7 +63,7 @@ class DecoderLevel(nn.Module):
         return x
 
 
-class DiffusionIQTNet(nn.Module):
+class DiffusionIQTNet(Network):
     """Predicts the clean image from [LF condition, noisy image] and the log-SNR.
 
     forward(x [B, 2, D, H, W], logsnr [B], layout="volume") -> x̂ [B, 1, D, H, W]
@@ -89,6 +90,7 @@ class DiffusionIQTNet(nn.Module):
     name = "diffiqt"
     needs_time = True
     in_channels = 2  # channel 0: low-field condition, channel 1: noisy image x_t
+    # cross_batch, patch_size and slice_fold are constructor settings; cell_shape is Network's.
 
     def __init__(
         self,
@@ -198,11 +200,6 @@ class DiffusionIQTNet(nn.Module):
         if self.slice_fold > 1:
             out = unfold_last_axis(out, self.slice_fold)
         return out + x[:, :1] if self.condition_skip else out
-
-    @property
-    def cell_shape(self) -> tuple[int, int, int]:
-        """Input voxels of one attention cell per axis; chunks and boxes are cut on this grid."""
-        return (self.patch_size, self.patch_size, self.patch_size * self.slice_fold)
 
     @property
     def receptive_field(self) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ class LinearIQT(DirectNet):
     """
 
     name = "linear-iqt"
+    weight: Tensor  # buffers, declared so that they type as tensors, not as nn.Module attributes
+    bias: Tensor
+    fit_info: dict[str, Any]  # set by :meth:`fit`: what the solution was fitted on
 
     def __init__(self, factor: int = 8, radius: int = 2, before: int = 1, after: int = 2):
         super().__init__()
@@ -102,7 +106,7 @@ class LinearIQT(DirectNet):
 
     @classmethod
     def fit(cls, pairs: Iterable, factor: int, radius: int = 2, before: int = 1, after: int = 2,
-            max_voxels: int | None = None, seed: int | list[int] = 0) -> "LinearIQT":
+            max_voxels: int | None = None, seed: int | list[int] = 0) -> LinearIQT:
         """Least-squares fit on ``pairs``: objects with ``cond``, ``target`` and ``mask`` arrays [X, Y, Z] (slice
         axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.data.Pair` turned so), or
         (cond, target, mask) tuples. See :class:`NormalEquations`."""
