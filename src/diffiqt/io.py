@@ -19,7 +19,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -70,13 +71,13 @@ class Volume:
         """Voxel edge lengths in mm along i, j, k."""
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
 
-    def with_data(self, data: np.ndarray) -> "Volume":
+    def with_data(self, data: np.ndarray) -> Volume:
         """The same grid (affine, source) holding other data of the same shape."""
         if tuple(data.shape) != self.shape:
             raise ValueError(f"shape {data.shape} does not match the grid {self.shape}")
         return replace(self, data=data)
 
-    def crop(self, lower, upper) -> "Volume":
+    def crop(self, lower, upper) -> Volume:
         """The sub-volume [lower, upper) in voxels, with its affine shifted to keep world positions."""
         lower, upper = np.asarray(lower, dtype=int), np.asarray(upper, dtype=int)
         data = self.data[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
@@ -262,7 +263,7 @@ class OutputGroup:
         self.paths.append(Path(path))
         return path
 
-    def __enter__(self) -> "OutputGroup":
+    def __enter__(self) -> OutputGroup:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

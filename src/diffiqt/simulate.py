@@ -72,7 +72,7 @@ class LowFieldParams:
                 raise InputError(f"{name} must be positive (got {value})")
 
     @classmethod
-    def for_factor(cls, factor: float, voxel_mm: float, axis: int = 2, **kw) -> "LowFieldParams":
+    def for_factor(cls, factor: float, voxel_mm: float, axis: int = 2, **kw) -> LowFieldParams:
         """x``factor`` decimation at the paper's 3:1 thickness:gap ratio (4.2:1.4 mm at 0.7 mm, x8)."""
         spacing = factor * voxel_mm
         return cls(thickness_mm=0.75 * spacing, gap_mm=0.25 * spacing, axis=axis, **kw)

@@ -20,7 +20,7 @@ The methods and their networks per budget are in :data:`BUDGETS`; the report is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping
 
 
 from diffiqt.datasets import TEST_BRAINS

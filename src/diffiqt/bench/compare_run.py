@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, trains
 from diffiqt.config import TrainConfig

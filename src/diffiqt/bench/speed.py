@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
