@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from diffiqt.distributed import resolve_device
 from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, list_checkpoints, load_weights,
                                 prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import DataConfig, DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
-from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader, make_pair,
-                          model_voxel_mm, training_and_validation, validation_blocks)
+from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, Pair, StoredPairStream, make_loader,
+                          make_pair, model_voxel_mm, training_and_validation, validation_blocks)
 from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
@@ -299,6 +300,8 @@ class Trainer:
         self.layout = resolve_layout(self.net, cfg)
         # Data problems surface before the run folder is created, so a corrected command can reuse --out.
         self.data_origin: dict = {}
+        train: list[Pair] | list[BrainSample]  # pre-simulated pairs, or brains to simulate pairs from
+        self.val_blocks: dict[str, Tensor] | None  # None on ranks other than 0 when simulating
         if cfg.data.pairs_file:
             stored = read_pairs_file(cfg.data.pairs_file, cfg.data.block_size)
             train, self.val_blocks, self.voxel_mm = stored.pairs, stored.validation, stored.voxel_mm
@@ -317,7 +320,7 @@ class Trainer:
         if ckpt is None and initial is not None:
             self.net.load_state_dict(initial)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
                                            weight_decay=cfg.optim.weight_decay)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -325,7 +328,7 @@ class Trainer:
             self._restore(ckpt)
         self.model = self._wrap_ddp()
         shard = train[self.rank::self.world] if len(train) >= self.world else train
-        stream = StoredPairStream if cfg.data.pairs_file else BlockStream
+        stream: Callable[..., BlockStream] = StoredPairStream if cfg.data.pairs_file else BlockStream
         self.stream = stream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -373,7 +376,7 @@ class Trainer:
         dist.barrier()
 
     def validate(self) -> None:
-        if self.rank == 0:
+        if self.rank == 0 and self.val_blocks is not None:  # rank 0 validates and always has its blocks
             self.val = {"step": self.step, **validate_blocks(self.ema.module, self.val_blocks, self.cfg, self.layout, self.device)}
         dist.barrier()
 

@@ -97,7 +97,8 @@ def conv_peak(repeats: int, device: torch.device, bf16: bool,
 
     The networks' work is mostly such convolutions, so this is the machine's attainable peak for them.
     """
-    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device, memory_format=memory_format)
+    # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device, memory_format=memory_format)  # type: ignore[call-overload]
     x = torch.randn(PEAK_SHAPE, device=device).contiguous(memory_format=memory_format)
     flops = 2 * 27 * 64 * 64 * PEAK_SHAPE[0] * 32**3
     with torch.inference_mode(), precision(device, bf16):

@@ -22,6 +22,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -138,7 +139,7 @@ def enhancement_sections(options: BenchOptions) -> str:
 
 def scheme_jobs(options: BenchOptions, brain: enhancement.Brain) -> dict[str, enhancement.SchemeJob]:
     """The three schemes as jobs on ``brain``."""
-    common = dict(brain=brain, model=options.model, steps=options.steps, seed=options.seed, device=options.device,
+    common: dict[str, Any] = dict(brain=brain, model=options.model, steps=options.steps, seed=options.seed, device=options.device,
                   bf16=options.bf16, threads=torch.get_num_threads())
     return {
         "(a) whole volume, cross-batch": enhancement.SchemeJob(scheme="whole", **common),
@@ -155,6 +156,7 @@ def schemes_section(options: BenchOptions, model) -> str:
     for label, job in scheme_jobs(options, brain).items():
         log(f"enhancing the {'region' if options.region else 'brain'}: {label}")
         outcome = enhancement.run_isolated(job)
+        assert outcome.mean is not None  # only a timing job (time_windows > 0) leaves it out
         scores = enhancement.quality(outcome.mean, brain, outcome.box_lower, model.cell)
         times.append(outcome.seconds)
         rows.append([label, outcome.seconds, outcome.memory_start_mb, outcome.memory_peak_mb, scores["psnr"],

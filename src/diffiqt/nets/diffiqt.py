@@ -163,7 +163,8 @@ class DiffusionIQTNet(Network):
         padded, crop = pad_to_multiple(x, self.cell_shape)
         if self.cross_batch:
             return self._forward_blocks(padded, logsnr)[crop]
-        grid = tuple(n // self.patch_size for n in padded.shape[2:])
+        depth, height, width = padded.shape[2:]
+        grid = (depth // self.patch_size, height // self.patch_size, width // self.patch_size)
         patches = block_to_patches(padded, self.patch_size)
         out = self._forward_blocks(patches, logsnr.repeat_interleave(math.prod(grid)))
         return patches_to_block(out, grid)[crop]
@@ -212,11 +213,11 @@ class DiffusionIQTNet(Network):
         reach = halo_of_path(self._halo_steps()) * self.slice_fold  # folded voxels span f input voxels on one axis
         return reach if self.cross_batch else min(reach, self.patch_size - 1)
 
-    def _halo_steps(self) -> list:
+    def _halo_steps(self) -> list[int | str]:
         """The longest input-to-output path as :func:`halo_of_path` steps."""
         levels = len(self.widths)
         level_convs = 2 * self.res_blocks  # two 3³ convs per ResNet block
-        steps: list = [1]  # stem
+        steps: list[int | str] = [1]  # stem
         for level in range(levels):
             if level:
                 steps.append("down")
@@ -227,7 +228,7 @@ class DiffusionIQTNet(Network):
                 steps.append(2 * cell + cell // self.tokens_per_axis - 1)
             steps.append(level_convs)
         if self.deep_feature is not None:
-            steps.extend(1 + block.dilation for block in self.deep_feature.blocks)
+            steps.extend(1 + dilation for dilation in self.deep_feature.dilations)
         for level in reversed(range(levels)):
             if level < levels - 1:
                 steps.append("up")

@@ -165,20 +165,20 @@ class NormalEquations:
         windows = phase0_windows(cond, f, self.window, self.before)
         x, y, k = windows.shape[:3]
         folded_target = np.pad(np.asarray(target, dtype=np.float64), pad).reshape(x, y, k, f)
-        inside = np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1)
+        inside = np.asarray(np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1))  # an array, for typing
         inside[:, :, np.shape(cond)[2] // f:] = False  # a group cut by the volume's end has no full target
         rows = np.flatnonzero(inside)
         if max_voxels is not None and rows.size > max_voxels:
             rng = rng if rng is not None else np.random.default_rng(0)
             rows = np.sort(rng.choice(rows, max_voxels, replace=False))
-        folded_target = folded_target.reshape(-1, f)
+        target_rows = folded_target.reshape(-1, f)
         for start in range(0, rows.size, ROWS_PER_CHUNK):  # gathering from the view copies only the chunk
             chunk = rows[start:start + ROWS_PER_CHUNK]
             design = np.empty((chunk.size, self.xtx.shape[0]))
             design[:, :-1] = windows[np.unravel_index(chunk, (x, y, k))].reshape(chunk.size, -1)
             design[:, -1] = 1.0
             self.xtx += design.T @ design
-            self.xty += design.T @ folded_target[chunk]
+            self.xty += design.T @ target_rows[chunk]
         self.rows += int(rows.size)
         self.pairs += 1
 
