@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from diffiqt import data
+from diffiqt.config import DEFAULT_SAMPLER
 from diffiqt.bench.measure import precision
 from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
 from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
@@ -83,7 +84,7 @@ class SchemeJob:
     steps: int
     samples: int = 1
     blend: str = "centre"
-    sampler: str = "paper"
+    sampler: str = DEFAULT_SAMPLER
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False

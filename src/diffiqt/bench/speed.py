@@ -22,11 +22,12 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from diffiqt.bench import enhancement, measure, tuning
+from diffiqt.config import DEFAULT_STEPS, SamplerName
 from diffiqt.errors import DiffiqtError
 
 PARTS = ("networks", "enhance", "full-brain", "quality", "tuning")
@@ -41,13 +42,13 @@ class BenchOptions:
     device: str = "cpu"
     bf16: bool = False
     model: str = "default"
-    steps: int = 20
+    steps: int = DEFAULT_STEPS
     region: int | None = 64  # edge of the central region for the scheme comparison; None: whole brain
     samples: int = 4  # samples averaged by scheme (c)
     blend: str = "mean"  # how scheme (c) combines overlapping windows
     windows: int = 2  # windows timed per windowed scheme for the whole-brain extrapolation
     sweep_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 20])
-    samplers: list[str] = field(default_factory=lambda: ["paper", "ancestral", "ddim"])
+    samplers: list[str] = field(default_factory=lambda: list(get_args(SamplerName)))
     tuning_preset: str = "small"
     compile: bool = False
     seed: int = 0

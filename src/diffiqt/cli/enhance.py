@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from diffiqt.cli.app import app
+from diffiqt.config import DEFAULT_SAMPLER
 
 
 @app.command()
@@ -15,7 +16,7 @@ def enhance(
     out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
     model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
     steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
-    sampler: str = typer.Option("paper", help="paper (Algorithm 2), ancestral (posterior) or ddim (deterministic)."),
+    sampler: str = typer.Option(DEFAULT_SAMPLER, help="paper (Algorithm 2), ancestral (posterior) or ddim (deterministic)."),
     samples: int = typer.Option(1, help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty)."),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (cuda if available)."),
