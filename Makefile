@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all lint clean
 
 # torch is pinned and installed first: a local CPU wheel, never a CUDA build.
 # Debian's mricron-data brings the real whole-head Colin27 brain (optional: skipped without root/apt).
@@ -29,5 +29,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Settings in pyproject.toml ([tool.ruff], [tool.mypy]); the same checks run as pre-commit hooks.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/mypy src
+
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache

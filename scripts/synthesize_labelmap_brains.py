@@ -65,10 +65,10 @@ NONBRAIN = {
     514: ("dura / venous sinus", 12),  # 60
     502: ("large vessels", 21),  # 48
 }
-GM_MAP = GM + tuple(l for k in ("thalamus", "caudate", "putamen", "pallidum", "hippocampus", "amygdala",
-                                "accumbens", "ventral_dc", "cerebellum_ctx", "vessel", "choroid_plexus")
-                    for l in BRAIN_T[k][0])
-WM_MAP = WM + tuple(l for k in ("brainstem", "cerebellum_wm", "optic_chiasm", "wm_hypo") for l in BRAIN_T[k][0])
+GM_MAP = GM + tuple(label for k in ("thalamus", "caudate", "putamen", "pallidum", "hippocampus", "amygdala",
+                                    "accumbens", "ventral_dc", "cerebellum_ctx", "vessel", "choroid_plexus")
+                    for label in BRAIN_T[k][0])
+WM_MAP = WM + tuple(label for k in ("brainstem", "cerebellum_wm", "optic_chiasm", "wm_hypo") for label in BRAIN_T[k][0])
 
 
 def draw_contrast(rng: np.random.Generator, means: np.ndarray) -> dict:
@@ -82,10 +82,10 @@ def draw_contrast(rng: np.random.Generator, means: np.ndarray) -> dict:
 def label_values(contrast: dict, gm: float) -> np.ndarray:
     """Lookup table label -> intensity (WM = 1) for a cortex intensity ``gm``."""
     csf = contrast["csf"]
-    values = {0: 0.0, **{l: 1.0 for l in WM}, **{l: gm for l in GM}, **{l: csf for l in CSF}}
+    values = {0: 0.0, **{label: 1.0 for label in WM}, **{label: gm for label in GM}, **{label: csf for label in CSF}}
     for k, (labels, t) in BRAIN_T.items():
         v = 0.5 * (gm + csf) if t is None else gm + (t + contrast["jitter"][k]) * (1 - gm)
-        values.update({l: v for l in labels})
+        values.update({label: v for label in labels})
     values.update(contrast["nonbrain"])
     lut = np.full(max(values) + 1, np.nan, np.float32)
     lut[list(values)] = list(values.values())

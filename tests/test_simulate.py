@@ -123,7 +123,10 @@ def test_snr_is_drawn_from_the_t1w_prior(mni_crop):
 
 def test_same_seed_same_output_other_seed_differs(mni_crop):
     params = LowFieldParams.for_factor(8, 1.0)
-    run = lambda seed: simulate_low_field(mni_crop.t1, mni_crop.tissues, params, np.random.default_rng(seed)).lf_on_hf.data
+
+    def run(seed: int) -> np.ndarray:
+        return simulate_low_field(mni_crop.t1, mni_crop.tissues, params, np.random.default_rng(seed)).lf_on_hf.data
+
     a, b, c = run(7), run(7), run(8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -13,8 +13,10 @@ import importlib
 import torch
 from torch import nn
 
+from diffiqt.nets import Network
 
-class TinyDiffusionNet(nn.Module):
+
+class TinyDiffusionNet(Network):
     """Three 3x3x3 convolutions with a log-SNR FiLM; predicts the clean image as LF + residual."""
 
     name = "tiny"
@@ -41,7 +43,7 @@ class TinyDiffusionNet(nn.Module):
         return x[:, :1] + self.out(h)
 
 
-class TinySupervisedNet(nn.Module):
+class TinySupervisedNet(Network):
     """A two-layer residual CNN on the LF alone."""
 
     name = "tiny-supervised"

@@ -1,8 +1,66 @@
-"""diffiqt: low-field brain MRI enhancement with a 3D conditional diffusion model."""
+"""diffiqt: low-field brain MRI enhancement with a 3D conditional diffusion model.
 
+The public Python API (see docs/usage.md, "Python API")::
+
+    scan = diffiqt.load_volume("lf.nii.gz")                    # a Volume in RAS+
+    model = diffiqt.load_model("default")                      # a shipped model, checkpoint or run folder
+    result = diffiqt.enhance_scan(scan, model, diffiqt.EnhanceOptions(samples=2))
+    diffiqt.save_volume(result.mean, "enhanced.nii.gz")
+
+and ``diffiqt.simulate_low_field(hf, None, diffiqt.LowFieldParams.for_factor(8, 1.0), rng)`` makes a
+low-field scan of a high-field one. The names are imported on first use, so that ``import diffiqt`` (and
+the command line, which imports this package) does not pay for torch and scipy until they are needed.
+
+``enhance_scan`` is :func:`diffiqt.enhance.enhance` under another name: ``diffiqt.enhance`` is the
+module, and a function of that name here would hide it from ``import diffiqt.enhance as ...`` and from
+dotted paths such as ``monkeypatch.setattr("diffiqt.enhance.load_model", ...)``.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("diffiqt")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
+    from diffiqt.enhance import EnhanceOptions, EnhanceResult, Model, load_model
+    from diffiqt.enhance import enhance as enhance_scan
+    from diffiqt.io import Volume, load_volume, save_volume
+    from diffiqt.simulate import LowFieldParams, LowFieldResult, simulate_low_field
+
+# public name -> (module, name in that module)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "Volume": ("diffiqt.io", "Volume"),
+    "load_volume": ("diffiqt.io", "load_volume"),
+    "save_volume": ("diffiqt.io", "save_volume"),
+    "LowFieldParams": ("diffiqt.simulate", "LowFieldParams"),
+    "LowFieldResult": ("diffiqt.simulate", "LowFieldResult"),
+    "simulate_low_field": ("diffiqt.simulate", "simulate_low_field"),
+    "Model": ("diffiqt.enhance", "Model"),
+    "load_model": ("diffiqt.enhance", "load_model"),
+    "EnhanceOptions": ("diffiqt.enhance", "EnhanceOptions"),
+    "EnhanceResult": ("diffiqt.enhance", "EnhanceResult"),
+    "enhance_scan": ("diffiqt.enhance", "enhance"),
+}
+
+__all__ = ["EnhanceOptions", "EnhanceResult", "LowFieldParams", "LowFieldResult", "Model", "Volume", "__version__",
+           "enhance_scan", "load_model", "load_volume", "save_volume", "simulate_low_field"]  # _EXPORTS and the version
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use and keep it, so later lookups are plain attribute reads."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffiqt' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

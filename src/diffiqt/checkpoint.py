@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -32,13 +33,16 @@ from torch import nn
 from diffiqt.config import TrainConfig, from_dict
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
 
+if TYPE_CHECKING:  # diffiqt.nets is imported when a network is built, not with this module
+    from diffiqt.nets.base import Network
+
 FORMAT = "diffiqt-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "step_"
 
 
-def build_network(network: dict) -> nn.Module:
+def build_network(network: dict) -> Network:
     """``diffiqt.nets.build_network(**network)``; unknown names or arguments are a ConfigError."""
     from diffiqt import nets
 
@@ -58,7 +62,7 @@ def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-def check_fits(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+def check_fits(module: Network, tensors: dict[str, torch.Tensor], where: str) -> None:
     """ConfigError naming the first missing/unexpected/mis-shaped weight, if ``tensors`` do not fit."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
@@ -67,8 +71,7 @@ def check_fits(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) 
     if missing or unexpected or wrong:
         problem = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
                    else f"{wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)}, the network needs {expected[wrong[0]]}")
-        name = getattr(module, "name", type(module).__name__)
-        raise ConfigError(f"{where}: weights do not fit network {name!r} ({problem}; "
+        raise ConfigError(f"{where}: weights do not fit network {module.name!r} ({problem}; "
                           f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped)")
 
 
@@ -83,7 +86,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: corrupt or not a safetensors file ({reason})") from None
 
 
-def load_weights(module: nn.Module, path: Path) -> None:
+def load_weights(module: Network, path: Path) -> None:
     """Load a safetensors file into ``module``, checking names and shapes first."""
     tensors = read_tensors(path)
     check_fits(module, tensors, str(path))
@@ -213,7 +216,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(folder, meta)
 
 
-def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Network, TrainConfig]:
     """(network in eval mode, its training config) from a checkpoint or run folder.
 
     ``weights`` is "ema" (the averaged weights, best for inference) or "model".

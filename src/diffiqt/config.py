@@ -2,22 +2,34 @@
 
 A config file holds only what differs from the defaults below; it is merged
 onto them (or onto a preset) section by section, checked (unknown keys and
-wrong types are a :class:`ConfigError` naming the key), and the full resolved
-config is written as JSON into every run folder and checkpoint.
+wrong types are a :class:`ConfigError` naming the key; choice fields are
+``Literal`` types, so a wrong choice names the key and the choices), and the
+full resolved config is written as JSON into every run folder and checkpoint.
+The defaults that other modules share (the sampler, its steps) are defined here once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 from diffiqt.errors import ConfigError, InputError
+
+SamplerName = Literal["paper", "ancestral", "ddim", "refine"]  # the keys of diffiqt.diffusion.SAMPLERS
+Layout = Literal["auto", "patches", "volume"]
+LossName = Literal["mse", "l1"]
+DEFAULT_SAMPLER: SamplerName = "paper"  # validation during training and enhancement both default to it
+DEFAULT_STEPS = 20  # the paper's sampling steps
+# torch.device names that diffiqt.distributed.resolve_device accepts; not a Literal: cuda:N has any N.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -57,7 +69,7 @@ class DataConfig:
     # Networks on the low-field grid (network setting slice_fold > 1): blocks of block_size² x slice_block
     # voxels with the slice axis last and the block's first slice on a thick-slice centre. None: cubes.
     slice_block: int | None = None
-    layout: str = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
+    layout: Layout = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
     lf_factor: float = 8.0  # decimation factor in the slice direction (paper: x8)
     # Non-empty: each simulated pair draws its factor from this list (repeat a value to weight it), so that
     # one model covers clinical spacings (x5 of 1 mm is a 5 mm spacing) besides the paper's x8.
@@ -84,9 +96,9 @@ class OptimConfig:
 
 @dataclass
 class DiffusionConfig:
-    loss: str = "mse"  # "mse" (paper) or "l1"; also the loss of supervised baselines
-    sampler: str = "paper"  # used for validation and as enhancement's default
-    sample_steps: int = 20
+    loss: LossName = "mse"  # "mse" (paper) or "l1"; also the loss of supervised baselines
+    sampler: SamplerName = DEFAULT_SAMPLER  # used for validation and as enhancement's default
+    sample_steps: int = DEFAULT_STEPS
     # None: the paper's plain x-prediction. A number: the Denoiser's EDM-style preconditioning on the
     # residual x - cond with this standard deviation (see diffiqt.diffusion.Denoiser); 0.2 suits T1w x8.
     residual_sigma: float | None = None
@@ -121,7 +133,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def from_dict(cls, data: dict, where: str = ""):
+def from_dict(cls: Any, data: dict, where: str = "") -> Any:
     """Build dataclass ``cls`` from a (partial) dict, checking keys and types."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a table/object, got {type(data).__name__}")
@@ -145,15 +157,17 @@ def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _checked(value, hint, key: str):
+def _checked(value: Any, hint: Any, key: str) -> Any:
     """``value`` if it has type ``hint`` (ints are accepted as floats), else a ConfigError."""
     if _matches(value, hint):
         return float(value) if hint is float else value
     raise ConfigError(f"config key {key!r}: expected {_describe(hint)}, got {value!r}")
 
 
-def _matches(value, hint) -> bool:
+def _matches(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:  # the type as well as the value: True is not the choice 1
+        return any(type(value) is type(choice) and value == choice for choice in args)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, arg) for arg in args)
     if origin is list:
@@ -167,8 +181,24 @@ def _matches(value, hint) -> bool:
     return isinstance(value, hint)
 
 
-def _describe(hint) -> str:
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_choices(section: Any, where: str = "") -> None:
+    """ConfigError naming the key and the choices for a ``Literal`` field that holds none of them.
+
+    :func:`from_dict` already checks files and ``--set``; this catches configs built or changed in Python.
+    """
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, key = getattr(section, f.name), _join(where, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key)
+        elif typing.get_origin(hints[f.name]) is Literal:
+            _checked(value, hints[f.name], key)
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -227,13 +257,13 @@ def parse_assignment(text: str) -> dict:
 
 
 def resolve(preset: str | None = None, file: str | Path | None = None, assignments: tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the preset, then the file, then ``KEY=VALUE`` assignments, in that order."""
+    """Defaults, then the preset, then the file, then ``KEY=VALUE`` assignments, in that order; validated."""
     data = preset_dict(preset) if preset else {}
     if file is not None:
         data = merge(data, read_file(file))
     for text in assignments:
         data = merge(data, parse_assignment(text))
-    return from_dict(TrainConfig, data)
+    return validate(from_dict(TrainConfig, data))
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -242,7 +272,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.steps >= 0 and cfg.seed >= 0, "steps and seed must be >= 0"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
         (cfg.data.block_size >= 8, "data.block_size must be >= 8"),
-        (cfg.data.layout in ("auto", "patches", "volume"), "data.layout must be auto, patches or volume"),
         (cfg.data.pool_size >= 1 and cfg.data.refresh_every >= 1, "data.pool_size and data.refresh_every must be >= 1"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)"),
@@ -260,18 +289,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),
         (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),
-        (cfg.diffusion.loss in ("mse", "l1"), "diffusion.loss must be mse or l1"),
         (cfg.diffusion.sample_steps >= 1, "diffusion.sample_steps must be >= 1"),
         (min(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.keep_checkpoints) >= 1,
          "log_every, val_every, checkpoint_every and keep_checkpoints must be >= 1"),
     ]
+    _check_choices(cfg)
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        raise ConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from diffiqt.diffusion import SAMPLERS
-
-    if cfg.diffusion.sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {cfg.diffusion.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if cfg.data.crop is not None and (len(cfg.data.crop) != 3 or any(len(r) != 2 or r[0] >= r[1] for r in cfg.data.crop)):
         raise ConfigError("data.crop must be [[x0, x1], [y0, y1], [z0, z1]] with x0 < x1 etc.")
     return cfg

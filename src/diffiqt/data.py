@@ -218,7 +218,7 @@ def augment(sample: BrainSample, cfg: AugmentConfig, seed: int) -> BrainSample:
     ])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = transform(subject)
+        out = transform(subject).get_images_dict(intensity_only=False)
     data = {k: out[k].data[0].numpy() for k in images}
     tissues = None
     if sample.tissues is not None:
@@ -245,6 +245,7 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     voxel_mm = float(sample.t1.voxel_size[axis])
     params = LowFieldParams.for_factor(factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=True)
+    assert result.lf_on_hf is not None  # upsample=True resamples the scan onto the HF grid
     lf = result.lf_on_hf.data
     scale = lf_scale(lf)
     arrays = [normalise(sample.t1.data, scale), normalise(lf, scale), foreground(lf)]

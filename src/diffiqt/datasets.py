@@ -144,7 +144,7 @@ class HeldOutIdentity:
     folders: frozenset[Path]
     hashes: frozenset[str]
 
-    def check(self, spec: str, sample: "BrainSample | None" = None) -> None:
+    def check(self, spec: str, sample: BrainSample | None = None) -> None:
         """InputError if the training source ``spec`` (or a brain it loaded) is, lies beside or copies a test
         brain: its folder holds other images of the test subject (e.g. Colin27's ch2better)."""
         if spec in self.names:

@@ -28,10 +28,13 @@ batch of 27 patches of one block (pass ``layout="patches"``) or whole volumes.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
+
+from diffiqt.config import DEFAULT_STEPS, SamplerName
 
 LOGSNR_MIN = -15.0
 LOGSNR_MAX = 15.0
@@ -196,7 +199,7 @@ def _sample(step_fn, denoiser, cond, times, generator, callback, noise, net_kwar
     return x
 
 
-def sample_paper(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+def sample_paper(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
                  callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
     """The paper's Algorithm 2: x_s = alpha_s x_hat(x_t) + sigma_s eps with fresh eps at every step.
 
@@ -209,13 +212,13 @@ def sample_paper(denoiser: Callable, cond: Tensor, steps: int = 20, generator: t
     return _sample(_paper_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
-def sample_ancestral(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+def sample_ancestral(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
                      callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x_hat); arguments as :func:`sample_paper`."""
     return _sample(_ancestral_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
-def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
+def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
                 callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
     """Deterministic DDIM (randomness only in the starting noise); arguments as :func:`sample_paper`."""
     return _sample(_ddim_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
@@ -239,3 +242,4 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddim": sample_ddim,
     "refine": sample_refine,
 }
+assert tuple(SAMPLERS) == get_args(SamplerName), "SamplerName must name exactly the SAMPLERS"

@@ -19,9 +19,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,22 +30,24 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from diffiqt import data
+from diffiqt.config import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.io import Volume
 from diffiqt.resample import to_isotropic
 
+if TYPE_CHECKING:  # diffiqt.nets is imported when a model is loaded, not with this module
+    from diffiqt.nets.base import Network
+
 HEAD_MARGIN_MM = 8.0
-DEFAULT_VOXEL_MM = 1.0
-DEFAULT_STEPS = 20  # the paper's
-DEFAULT_SAMPLER = "paper"  # the paper's Algorithm 2
+DEFAULT_VOXEL_MM = 1.0  # the model grid of a checkpoint that does not record one (the MNI brain's 1 mm)
 
 
 @dataclass
 class Model:
     """A network ready for enhancement and the grid it was trained on."""
 
-    net: nn.Module
+    net: Network
     voxel_mm: float = DEFAULT_VOXEL_MM
     description: str = ""
     warning: str | None = None  # what a shipped model's card says users must know before trusting it
@@ -53,16 +56,18 @@ class Model:
     sampler: str = DEFAULT_SAMPLER  # likewise the sampler (a key of diffiqt.diffusion.SAMPLERS)
 
     def denoiser(self) -> Denoiser:
+        """The network joined with the diffusion it was trained with."""
         return Denoiser(self.net, self.residual_sigma)
 
     @property
     def cell(self) -> int:
-        return int(getattr(self.net, "patch_size", 32))
+        """The network's patch size: the smallest side a scan may have on the model grid."""
+        return self.net.patch_size
 
     @property
     def slice_fold(self) -> int:
         """> 1 for a network on the low-field grid: it takes the scan's slice axis last (see DiffusionIQTNet)."""
-        return int(self.net.slice_fold)
+        return self.net.slice_fold
 
     def cell_shape(self, slice_axis: int) -> np.ndarray:
         """Voxels per axis of the scan's model grid that the head box is aligned to (the net's cells, the
@@ -75,16 +80,29 @@ class Model:
 
 @dataclass
 class EnhanceOptions:
+    """How :func:`enhance` samples; the defaults are the model's own steps and sampler."""
+
     steps: int | None = None  # None: the model's own (Model.steps)
-    sampler: str | None = None  # None: the model's own (Model.sampler)
+    sampler: str | None = None  # None: the model's own (Model.sampler); a name in diffiqt.diffusion.SAMPLERS
     samples: int = 1
     seed: int = 0
     device: str = "cpu"
     max_voxels: int | None = None  # per network call and sample; None: the whole head box at once
 
+    def steps_for(self, model: Model) -> int:
+        """The sampling steps to run: ``steps`` if given, else the model's own."""
+        return self.steps if self.steps is not None else model.steps
+
+    def sampler_for(self, model: Model) -> str:
+        """The sampler to run: ``sampler`` if given, else the model's own."""
+        return self.sampler or model.sampler
+
 
 @dataclass
 class EnhanceResult:
+    """The enhanced scan on the model grid, its per-voxel standard deviation over samples (None for one
+    sample) and what was done (box, scale, model, sampler settings)."""
+
     mean: Volume
     std: Volume | None
     info: dict
@@ -145,7 +163,7 @@ def extract(array: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
     """array[lower:upper] with zeros where the box leaves the array."""
     out = np.zeros(tuple(upper - lower), dtype=array.dtype)
     src_lo, src_hi = np.maximum(lower, 0), np.minimum(upper, array.shape)
-    dst = tuple(slice(a - l, b - l) for a, b, l in zip(src_lo, src_hi, lower))
+    dst = tuple(slice(a - lo, b - lo) for a, b, lo in zip(src_lo, src_hi, lower))
     out[dst] = array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
     return out
 
@@ -154,7 +172,7 @@ def insert(array: np.ndarray, box: np.ndarray, lower: np.ndarray) -> None:
     """The inverse of :func:`extract`: write ``box`` back where it overlaps ``array``."""
     upper = lower + np.array(box.shape)
     src_lo, src_hi = np.maximum(lower, 0), np.minimum(upper, array.shape)
-    array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))] = box[tuple(slice(a - l, b - l) for a, b, l in zip(src_lo, src_hi, lower))]
+    array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))] = box[tuple(slice(a - lo, b - lo) for a, b, lo in zip(src_lo, src_hi, lower))]
 
 
 class ChunkedDenoiser(nn.Module):
@@ -205,22 +223,21 @@ def chunk_size(box: tuple[int, ...], max_voxels: int | None, cell) -> np.ndarray
 def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Callable[[int], None] | None) -> Tensor:
     """``options.samples`` trajectories of the sampler on one condition box [1, 1, D, H, W] -> [S, 1, D, H, W]
     (the box in the network's orientation: the slice axis last for a network on the low-field grid)."""
-    steps = options.steps if options.steps is not None else model.steps
-    sampler = options.sampler or model.sampler
+    steps, sampler = options.steps_for(model), options.sampler_for(model)
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if steps < 1 or options.samples < 1:
         raise ConfigError("--steps and --samples must be at least 1")
-    denoiser: nn.Module = model.denoiser()
+    denoiser: Denoiser | ChunkedDenoiser = model.denoiser()
     cell = model.cell_shape(2)
     chunk = chunk_size(tuple(cond.shape[2:]), options.max_voxels, cell)
     if chunk is not None:
-        denoiser = ChunkedDenoiser(denoiser, chunk, int(getattr(model.net, "receptive_field", 0)), cell)
+        denoiser = ChunkedDenoiser(model.denoiser(), chunk, model.net.receptive_field, cell)
     generator = torch.Generator(device=cond.device).manual_seed(options.seed)
     batch = cond.expand(options.samples, -1, -1, -1, -1)
     callback = (lambda i, s, x, x_hat: on_step(i)) if on_step is not None else None
     with torch.inference_mode():
-        if not getattr(model.net, "needs_time", True):  # a supervised baseline: one pass, no sampling
+        if not model.net.needs_time:  # a supervised baseline: one pass, no sampling
             return model.net(batch)
         return SAMPLERS[sampler](denoiser, batch, steps, generator, callback, layout="volume")
 
@@ -259,6 +276,7 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
         std = np.zeros_like(mean)
         insert(std, data.denormalise(samples.std(axis=0), scale), lower)
     info = {"scale": scale, "box_lower": lower.tolist(), "box_upper": upper.tolist(), "model": model.description,
-            "steps": options.steps if options.steps is not None else model.steps, "sampler": options.sampler or model.sampler, "samples": options.samples, "seed": options.seed,
+            "steps": options.steps_for(model), "sampler": options.sampler_for(model), "samples": options.samples,
+            "seed": options.seed,
             "voxel_mm": model.voxel_mm}
     return EnhanceResult(cond_volume.with_data(mean), cond_volume.with_data(std) if std is not None else None, info)

@@ -26,10 +26,8 @@ def view_slice(volume: Volume, world_point: np.ndarray, view: str, reference: Vo
     ijk = np.clip(ijk, 0, np.array(reference.shape) - 1)
     axis = {"sagittal": 0, "coronal": 1, "axial": 2}[view]
     grid = np.meshgrid(*[np.arange(n) for i, n in enumerate(reference.shape) if i != axis], indexing="ij")
-    coords = [None, None, None]
     rest = iter(grid)
-    for i in range(3):
-        coords[i] = np.full(grid[0].shape, ijk[i]) if i == axis else next(rest)
+    coords = [np.full(grid[0].shape, ijk[i]) if i == axis else next(rest) for i in range(3)]
     world = reference.voxel_to_world(np.stack(coords, axis=-1))
     src = volume.world_to_voxel(world)
     plane = ndimage.map_coordinates(volume.data, np.moveaxis(src, -1, 0), order=0, mode="constant", cval=0.0)
@@ -37,7 +35,7 @@ def view_slice(volume: Volume, world_point: np.ndarray, view: str, reference: Vo
 
 
 def montage(panels: list[tuple[str, Volume]], path: str | Path, *, world_point=None, title: str | None = None,
-            diverging: set[str] = frozenset()) -> Path:
+            diverging: frozenset[str] | set[str] = frozenset()) -> Path:
     """Write a rows=views x columns=panels PNG. All panels are sampled on the first panel's grid.
 
     ``world_point`` defaults to the centre of the first volume's nonzero region.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -74,7 +74,8 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
     else:
         params = LowFieldParams(thickness_mm=slices_mm[0], gap_mm=slices_mm[1], axis=axis)
     result = simulate_low_field(sample.t1, sample.tissues, params, np.random.default_rng(seed), upsample=False)
-    brain = sum(m.data for m in sample.tissues.as_dict().values()) > 0.5  # the maps cover the brain, with a skull too
+    assert sample.tissues is not None  # checked above; cropping keeps the maps
+    brain = np.sum([m.data for m in sample.tissues.as_dict().values()], axis=0) > 0.5  # the maps cover the brain, with a skull too
     info = {**result.info, "source": name, "seed": seed, "slab_mm": slab_mm, "region": region}
     return HeldOutCase(name, sample.t1, result.lf, brain, sample.mask | brain, info)
 
@@ -120,6 +121,8 @@ def uncertainty_error_spearman(enhanced: EnhanceResult, case: HeldOutCase, voxel
     samples and the absolute error of their mean (a random subset of voxels, fixed seed, for speed)."""
     from scipy.stats import spearmanr
 
+    if enhanced.std is None:
+        raise ValueError("the uncertainty needs several samples (EnhanceOptions.samples > 1)")
     common = shared_extent(enhanced.mean.shape, case.hf.shape)
     mean, std, truth, brain = (a[common] for a in (enhanced.mean.data, enhanced.std.data, case.hf.data, case.brain))
     index = np.flatnonzero(brain)

@@ -19,7 +19,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -70,13 +71,13 @@ class Volume:
         """Voxel edge lengths in mm along i, j, k."""
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
 
-    def with_data(self, data: np.ndarray) -> "Volume":
+    def with_data(self, data: np.ndarray) -> Volume:
         """The same grid (affine, source) holding other data of the same shape."""
         if tuple(data.shape) != self.shape:
             raise ValueError(f"shape {data.shape} does not match the grid {self.shape}")
         return replace(self, data=data)
 
-    def crop(self, lower, upper) -> "Volume":
+    def crop(self, lower, upper) -> Volume:
         """The sub-volume [lower, upper) in voxels, with its affine shifted to keep world positions."""
         lower, upper = np.asarray(lower, dtype=int), np.asarray(upper, dtype=int)
         data = self.data[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
@@ -115,7 +116,8 @@ def _read_image(path: Path):
     if not has_image_suffix(path):
         raise InputError(f"{path}: not a NIfTI or MGZ file (expected {', '.join(IMAGE_SUFFIXES)})")
     try:
-        img = nib.load(str(path))
+        # nib.load is typed to return any file-based image; the NIfTI/MGZ suffixes checked above are spatial.
+        img = cast("nib.spatialimages.SpatialImage", nib.load(str(path)))
         data = _as_3d_shape(img.shape, path) and img.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -262,7 +264,7 @@ class OutputGroup:
         self.paths.append(Path(path))
         return path
 
-    def __enter__(self) -> "OutputGroup":
+    def __enter__(self) -> OutputGroup:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -301,6 +303,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, *, inputs=()) -> Path:
     bad = int(np.count_nonzero(~np.isfinite(volume.data)))
     if bad:  # e.g. a model with NaN weights: a volume of NaN is no result, and must not pass as one
         raise OutputError(f"{path}: not written: {bad} of {volume.data.size} voxels of the result are NaN or Inf")
+    header: nib.spatialimages.SpatialHeader | None
     try:
         if volume.source is not None and _on_source_grid(volume):
             src = volume.source

@@ -162,6 +162,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_
     ``force``: replace an existing model of that name (never one of the installed package's).
     """
     from diffiqt.checkpoint import read_checkpoint, read_tensors
+    from diffiqt.enhance import DEFAULT_VOXEL_MM
 
     check_export_target(name, folder, default=default, force=force)
     if dtype not in ("float16", "float32"):
@@ -173,7 +174,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_
     atomic_write(weights, lambda tmp: save_file(cast, str(tmp)))
     card = {
         "network": ckpt.meta["network"],
-        "voxel_mm": float(ckpt.meta.get("voxel_mm", 1.0)),
+        "voxel_mm": float(ckpt.meta.get("voxel_mm", DEFAULT_VOXEL_MM)),
         "residual_sigma": ckpt.config.diffusion.residual_sigma,
         "sample_steps": steps or ckpt.config.diffusion.sample_steps,
         "sampler": sampler or ckpt.config.diffusion.sampler,

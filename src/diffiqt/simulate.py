@@ -72,7 +72,7 @@ class LowFieldParams:
                 raise InputError(f"{name} must be positive (got {value})")
 
     @classmethod
-    def for_factor(cls, factor: float, voxel_mm: float, axis: int = 2, **kw) -> "LowFieldParams":
+    def for_factor(cls, factor: float, voxel_mm: float, axis: int = 2, **kw) -> LowFieldParams:
         """x``factor`` decimation at the paper's 3:1 thickness:gap ratio (4.2:1.4 mm at 0.7 mm, x8)."""
         spacing = factor * voxel_mm
         return cls(thickness_mm=0.75 * spacing, gap_mm=0.25 * spacing, axis=axis, **kw)
@@ -175,7 +175,10 @@ def simulate_low_field(
     p = {k: decimate(slice_profile_blur(v, axis, fwhm_vox), axis, step) for k, v in maps.items()}
     if (params.snr_wm is None) != (params.snr_gm is None):
         raise InputError("give both SNR_WM and SNR_GM, or neither (then both are drawn)")
-    snr_wm, snr_gm = (params.snr_wm, params.snr_gm) if params.snr_wm is not None else draw_snr(rng)
+    if params.snr_wm is not None and params.snr_gm is not None:
+        snr_wm, snr_gm = params.snr_wm, params.snr_gm
+    else:
+        snr_wm, snr_gm = draw_snr(rng)
     mu_gm, mu_wm = tissue_means(x_lf, p["gm"], p["wm"])
     sigma = mu_gm / snr_gm
     rest = np.clip(1.0 - p["gm"] - p["wm"] - p["csf"], 0.0, 1.0)

@@ -34,7 +34,8 @@ def tissue_mixture(data: np.ndarray, mask: np.ndarray, seed: int = 0, start: Gau
     rng = np.random.default_rng(seed)
     fit_on = values if len(values) <= MAX_FIT_VOXELS else values[rng.choice(len(values), MAX_FIT_VOXELS, replace=False)]
     if start is None:
-        initial = {"means_init": np.linspace(*np.percentile(fit_on, [10, 90]), 3).reshape(-1, 1)}
+        low, high = np.percentile(fit_on, [10, 90])
+        initial = {"means_init": np.linspace(low, high, 3).reshape(-1, 1)}
     else:
         initial = {"means_init": start.means_, "weights_init": start.weights_, "precisions_init": start.precisions_}
     gmm = GaussianMixture(n_components=3, random_state=seed, max_iter=1000, tol=tol, **initial).fit(fit_on)

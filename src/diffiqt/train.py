@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,12 +31,13 @@ from diffiqt.distributed import resolve_device
 from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, list_checkpoints, load_weights,
                                 prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import DataConfig, DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
-from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, StoredPairStream, make_loader, make_pair,
-                          model_voxel_mm, training_and_validation, validation_blocks)
+from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, Pair, StoredPairStream, make_loader,
+                          make_pair, model_voxel_mm, training_and_validation, validation_blocks)
 from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError
 from diffiqt.io import save_json
+from diffiqt.nets.base import Network
 from diffiqt.nets.linear_iqt import LinearIQT
 from diffiqt.presimulated import read_pairs_file
 
@@ -67,7 +69,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def resolve_layout(net: nn.Module, cfg: TrainConfig) -> str:
+def resolve_layout(net: Network, cfg: TrainConfig) -> str:
     """'patches' or 'volume': how blocks are fed to the network (auto: patches iff cross-batch)."""
     layout = cfg.data.layout
     if layout == "auto":
@@ -107,18 +109,18 @@ def from_layout(x: Tensor, layout: str) -> Tensor:
 class EMA:
     """Exponential moving average of a network's weights (buffers are copied)."""
 
-    def __init__(self, net: nn.Module, decay: float):
+    def __init__(self, net: Network, decay: float):
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, net: nn.Module, step: int) -> None:
+    def update(self, net: Network, step: int) -> None:
         # A shorter memory early on, so that the average is not dominated by the initial weights.
         decay = min(self.decay, (1 + step) / (10 + step))
         for avg, new in zip(self.module.parameters(), net.parameters()):
             avg.lerp_(new.detach(), 1.0 - decay)
-        for avg, new in zip(self.module.buffers(), net.buffers()):
-            avg.copy_(new)
+        for kept, buffer in zip(self.module.buffers(), net.buffers()):
+            kept.copy_(buffer)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -147,7 +149,7 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, dif
 
 
 @torch.no_grad()
-def validate_blocks(net: nn.Module, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
+def validate_blocks(net: Network, blocks: dict, cfg: TrainConfig, layout: str, device: torch.device) -> dict:
     """On the validation blocks: the training loss, and the PSNR of the prediction and of the LF input.
 
     The loss is :func:`batch_loss` with times and noise from a fixed seed; diffusion
@@ -265,12 +267,12 @@ def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
     return model.net.state_dict(), stored_config(model.net), model.residual_sigma
 
 
-def stored_config(net: nn.Module) -> dict:
+def stored_config(net: Network) -> dict:
     """A network's config as checkpoints and cards store it (JSON: tuples become lists)."""
     return json.loads(json.dumps(dict(net.config)))
 
 
-def check_initial(cfg: TrainConfig, net: nn.Module, network: dict, residual_sigma: float | None) -> None:
+def check_initial(cfg: TrainConfig, net: Network, network: dict, residual_sigma: float | None) -> None:
     """The run must build the same model as the one it starts from: same weights' shapes, same settings
     (e.g. condition_skip, which changes no shape), same Denoiser preconditioning."""
     mine = stored_config(net)
@@ -298,6 +300,8 @@ class Trainer:
         self.layout = resolve_layout(self.net, cfg)
         # Data problems surface before the run folder is created, so a corrected command can reuse --out.
         self.data_origin: dict = {}
+        train: list[Pair] | list[BrainSample]  # pre-simulated pairs, or brains to simulate pairs from
+        self.val_blocks: dict[str, Tensor] | None  # None on ranks other than 0 when simulating
         if cfg.data.pairs_file:
             stored = read_pairs_file(cfg.data.pairs_file, cfg.data.block_size)
             train, self.val_blocks, self.voxel_mm = stored.pairs, stored.validation, stored.voxel_mm
@@ -316,7 +320,7 @@ class Trainer:
         if ckpt is None and initial is not None:
             self.net.load_state_dict(initial)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
                                            weight_decay=cfg.optim.weight_decay)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -324,7 +328,7 @@ class Trainer:
             self._restore(ckpt)
         self.model = self._wrap_ddp()
         shard = train[self.rank::self.world] if len(train) >= self.world else train
-        stream = StoredPairStream if cfg.data.pairs_file else BlockStream
+        stream: Callable[..., BlockStream] = StoredPairStream if cfg.data.pairs_file else BlockStream
         self.stream = stream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -372,7 +376,7 @@ class Trainer:
         dist.barrier()
 
     def validate(self) -> None:
-        if self.rank == 0:
+        if self.rank == 0 and self.val_blocks is not None:  # rank 0 validates and always has its blocks
             self.val = {"step": self.step, **validate_blocks(self.ema.module, self.val_blocks, self.cfg, self.layout, self.device)}
         dist.barrier()
 
@@ -389,7 +393,7 @@ class Trainer:
                 logs.close()
         return TrainResult(self.out, self.step, self.last_checkpoint, self.val)
 
-    def _loop(self, logs: "Logs | None") -> None:
+    def _loop(self, logs: Logs | None) -> None:
         cfg = self.cfg
         batches = iter(make_loader(self.stream))
         with ProgressBar(cfg.steps, self.step, enabled=self.show_progress and self.rank == 0) as bar:
@@ -487,7 +491,7 @@ class ProgressBar:
                                      console=Console(stderr=True))
             self.task = self.progress.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         if self.progress is not None:
             self.progress.start()
         return self

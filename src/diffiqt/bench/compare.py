@@ -20,11 +20,11 @@ The methods and their networks per budget are in :data:`BUDGETS`; the report is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping
 
 
 from diffiqt.datasets import TEST_BRAINS
-from diffiqt.config import TrainConfig, from_dict, merge, preset_dict, validate
+from diffiqt.config import DEFAULT_STEPS, TrainConfig, from_dict, merge, preset_dict, validate
 from diffiqt.errors import ConfigError
 
 TEST_SEED = 2023  # seed of the test volumes' low-field simulations, the same for every method
@@ -90,7 +90,7 @@ class Budget:
     device: str = "cpu"
     test_region: int | None = None
     samples: int = 1
-    sample_steps: int = 20
+    sample_steps: int = DEFAULT_STEPS
     data: Mapping = field(default_factory=dict)
     seed: int = 0
     notes: tuple[str, ...] = ()

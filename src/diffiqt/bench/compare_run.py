@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, trains
 from diffiqt.config import TrainConfig
@@ -64,7 +65,10 @@ def ensure_trained(cfg: TrainConfig, run_dir: Path, progress: bool, log: Callabl
         return done
     log(f"training {cfg.steps} steps x {cfg.batch_size} block(s) of {cfg.data.block_size}^3 in {run_dir}")
     train(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=progress)
-    return finished_checkpoint(run_dir, cfg)
+    done = finished_checkpoint(run_dir, cfg)
+    if done is None:  # train() returns only once the last step is checkpointed
+        raise RuntimeError(f"{run_dir}: training ended without its final checkpoint")
+    return done
 
 
 def weights_digest(checkpoint: Path) -> str:
@@ -132,7 +136,7 @@ def bench_method(budget: Budget, method: str, scans: list[HeldOutCase], out: Pat
     from diffiqt.nets import build_network, count_parameters
 
     network, settings = budget.networks[method]
-    entry = {"label": METHODS[method], "network": network, "settings": dict(settings), "checkpoint": None,
+    entry: dict[str, Any] = {"label": METHODS[method], "network": network, "settings": dict(settings), "checkpoint": None,
              "weights": None, "train_s": None, "examples": 0}
     if trains(budget, method):
         cfg = method_config(budget, method)
@@ -218,7 +222,7 @@ def start_results(out: Path, budget: Budget, command: str) -> dict:
     from diffiqt.bench.measure import machine_line
 
     path = out / "results.json"
-    results = {"methods": {}}
+    results: dict[str, Any] = {"methods": {}}
     if path.exists():
         try:
             results = json.loads(path.read_text())

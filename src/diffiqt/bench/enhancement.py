@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from diffiqt import data
+from diffiqt.config import DEFAULT_SAMPLER
 from diffiqt.bench.measure import precision
 from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
 from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
@@ -52,6 +53,7 @@ def mni_brain(region: int | None, seed: int = 0) -> Brain:
 
     mni = mni152()
     hf, maps, mask, label = mni.t1, mni.tissues, mni.mask, f"whole MNI152 brain {'×'.join(map(str, mni.t1.shape))}"
+    assert maps is not None  # the bundled MNI brain comes with its tissue maps
     if region:
         lower, upper = central_box(mni.mask, region)
         hf = hf.crop(lower, upper)
@@ -82,7 +84,7 @@ class SchemeJob:
     steps: int
     samples: int = 1
     blend: str = "centre"
-    sampler: str = "paper"
+    sampler: str = DEFAULT_SAMPLER
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False
@@ -193,7 +195,7 @@ def time_windows(denoiser: SlidingWindowDenoiser, cond: torch.Tensor, job: Schem
     return seconds[1:]
 
 
-def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, float]:
+def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, float | None]:
     """PSNR and SSIM against the high-field truth (strict protocol, inside the brain mask), and seams.
 
     ``seam``: :func:`seam_measure` of the result minus that of the truth on the same planes (so that
@@ -211,7 +213,7 @@ def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, f
     return {"psnr": scores["psnr"], "ssim": scores["ssim"], "seam": float(100 * excess / np.percentile(truth[mask], 99.5))}
 
 
-def interpolation_quality(brain: Brain, model: Model) -> dict[str, float]:
+def interpolation_quality(brain: Brain, model: Model) -> dict[str, float | None]:
     """The same scores for the low-field scan itself, cubically interpolated onto the model grid."""
     grid = to_isotropic(brain.lf, model.voxel_mm).data
     lower, _ = head_box(grid, model.cell, int(round(HEAD_MARGIN_MM / model.voxel_mm)))

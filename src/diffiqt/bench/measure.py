@@ -14,12 +14,12 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffiqt.nets import build_network
+from diffiqt.nets import Network, build_network
 
 BATCH_PATCHES = 27  # one training mini-batch: the 3×3×3 patches of a 96³ block
 PEAK_SHAPE = (2, 64, 32, 32, 32)  # the peak probe: a 64 -> 64 3³ convolution on this input
@@ -97,7 +97,8 @@ def conv_peak(repeats: int, device: torch.device, bf16: bool,
 
     The networks' work is mostly such convolutions, so this is the machine's attainable peak for them.
     """
-    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device, memory_format=memory_format)
+    # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device, memory_format=memory_format)  # type: ignore[call-overload]
     x = torch.randn(PEAK_SHAPE, device=device).contiguous(memory_format=memory_format)
     flops = 2 * 27 * 64 * 64 * PEAK_SHAPE[0] * 32**3
     with torch.inference_mode(), precision(device, bf16):
@@ -133,7 +134,7 @@ class NetworkTiming:
     backward_flops: int  # forward + backward
 
 
-def network_batch(net: torch.nn.Module, device: torch.device) -> tuple[tuple, dict]:
+def network_batch(net: Network, device: torch.device) -> tuple[tuple, dict]:
     """A fixed 27-patch batch (args, kwargs) for ``net``."""
     generator = torch.Generator().manual_seed(0)
     size = net.patch_size

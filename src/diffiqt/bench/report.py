@@ -78,7 +78,8 @@ def overall(entry: dict, key: str) -> float | None:
 
 def ranked(scores: dict[str, float | None]) -> list[str]:
     """Methods with a score, best (highest) first."""
-    return sorted((m for m, v in scores.items() if v is not None), key=lambda m: -scores[m])
+    present = {m: v for m, v in scores.items() if v is not None}
+    return sorted(present, key=lambda m: -present[m])
 
 
 def concordant_pairs(paper: list[str], ours: list[str]) -> tuple[int, int]:
@@ -157,8 +158,9 @@ def honest_sentence(results: dict) -> str:
     losses = []
     for method, entry in methods.items():
         theirs = {key: overall(entry, key) for key in ours}
-        lost = [f"{SCORE_NAMES[key]} {ours[key]:.3g} vs {theirs[key]:.3g}" for key in ours
-                if method != "diffiqt" and None not in (ours[key], theirs[key]) and theirs[key] >= ours[key]]
+        lost = [f"{SCORE_NAMES[key]} {mine:.3g} vs {other:.3g}" for key in ours
+                if method != "diffiqt" and (mine := ours[key]) is not None and (other := theirs[key]) is not None
+                and other >= mine]
         if lost:
             losses.append(f"{entry['label']} on {', '.join(lost)}")
     if not losses:

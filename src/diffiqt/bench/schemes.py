@@ -58,6 +58,8 @@ class SlidingWindowDenoiser(nn.Module):
     each voxel comes from exactly one window.
     """
 
+    weights: Tensor  # a buffer, declared so that it types as a tensor
+
     def __init__(self, denoiser: nn.Module, cell: int = 32, blend: str = "centre"):
         super().__init__()
         self.denoiser, self.cell = denoiser, cell
@@ -72,7 +74,7 @@ class SlidingWindowDenoiser(nn.Module):
         weight = torch.zeros_like(inputs[1][:1])
         for centre in np.ndindex(*grid):
             where = self.window_slices(centre)
-            total[where] += self.predict_windows(*inputs, t, [centre])[0] * self.weights
+            total[where] += self.predict_windows(inputs[0], inputs[1], t, [centre])[0] * self.weights
             weight[where] += self.weights
         inside = (slice(None), slice(None), *(slice(self.cell, -self.cell),) * 3)
         return (total / weight)[inside]
@@ -116,7 +118,8 @@ def seam_measure(volume: np.ndarray, mask: np.ndarray, cell: int = 32, origin=(0
     structure with a period dividing ``cell / 2`` (the slices of an x8 low-field scan, every 8 voxels,
     would otherwise count as seams). About 0 without seams, positive where blocks were computed apart.
     """
-    border, reference = [], []
+    border: list[np.ndarray] = []
+    reference: list[np.ndarray] = []
     for axis in range(3):
         jumps = np.abs(np.diff(volume.astype(np.float64), axis=axis))
         inside = np.delete(mask, -1, axis=axis) & np.delete(mask, 0, axis=axis)

@@ -21,11 +21,13 @@ import os
 import statistics
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, get_args
 
 import torch
 
 from diffiqt.bench import enhancement, measure, tuning
+from diffiqt.config import DEFAULT_STEPS, SamplerName
 from diffiqt.errors import DiffiqtError
 
 PARTS = ("networks", "enhance", "full-brain", "quality", "tuning")
@@ -40,13 +42,13 @@ class BenchOptions:
     device: str = "cpu"
     bf16: bool = False
     model: str = "default"
-    steps: int = 20
+    steps: int = DEFAULT_STEPS
     region: int | None = 64  # edge of the central region for the scheme comparison; None: whole brain
     samples: int = 4  # samples averaged by scheme (c)
     blend: str = "mean"  # how scheme (c) combines overlapping windows
     windows: int = 2  # windows timed per windowed scheme for the whole-brain extrapolation
     sweep_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 20])
-    samplers: list[str] = field(default_factory=lambda: ["paper", "ancestral", "ddim"])
+    samplers: list[str] = field(default_factory=lambda: list(get_args(SamplerName)))
     tuning_preset: str = "small"
     compile: bool = False
     seed: int = 0
@@ -138,7 +140,7 @@ def enhancement_sections(options: BenchOptions) -> str:
 
 def scheme_jobs(options: BenchOptions, brain: enhancement.Brain) -> dict[str, enhancement.SchemeJob]:
     """The three schemes as jobs on ``brain``."""
-    common = dict(brain=brain, model=options.model, steps=options.steps, seed=options.seed, device=options.device,
+    common: dict[str, Any] = dict(brain=brain, model=options.model, steps=options.steps, seed=options.seed, device=options.device,
                   bf16=options.bf16, threads=torch.get_num_threads())
     return {
         "(a) whole volume, cross-batch": enhancement.SchemeJob(scheme="whole", **common),
@@ -155,6 +157,7 @@ def schemes_section(options: BenchOptions, model) -> str:
     for label, job in scheme_jobs(options, brain).items():
         log(f"enhancing the {'region' if options.region else 'brain'}: {label}")
         outcome = enhancement.run_isolated(job)
+        assert outcome.mean is not None  # only a timing job (time_windows > 0) leaves it out
         scores = enhancement.quality(outcome.mean, brain, outcome.box_lower, model.cell)
         times.append(outcome.seconds)
         rows.append([label, outcome.seconds, outcome.memory_start_mb, outcome.memory_peak_mb, scores["psnr"],

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+from collections.abc import Callable
 import os
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from diffiqt.bench.measure import Timing, network_flops, timed
+from diffiqt.errors import ConfigError
 from diffiqt.nets import blocks, build_network
+from diffiqt.nets.diffiqt import DiffusionIQTNet
 
 BLOCK = (96, 96, 96)
 HEAD_BOX = (192, 224, 192)  # the head box of the 1 mm MNI brain: what whole-volume enhancement runs on
@@ -67,12 +71,14 @@ def mish_timings(name: str, repeats: int) -> dict[str, Timing]:
     """Forward time with the networks' in-place sliced Mish and with plain F.mish, alternated."""
     _, forward = block_forward(name)
     fast = blocks.mish
-    results: dict[str, Timing] = {"sliced in-place Mish": Timing([], []), "F.mish": Timing([], [])}
+    functions: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = (("sliced in-place Mish", fast), ("F.mish", F.mish))
+    results: dict[str, Timing] = {label: Timing([], []) for label, _ in functions}
     try:
         forward()
         for _ in range(repeats):
-            for label, function in (("sliced in-place Mish", fast), ("F.mish", F.mish)):
-                blocks.mish = function
+            for label, function in functions:
+                # Swapping the networks' Mish for a timing; F.mish names its argument differently, hence the ignore.
+                blocks.mish = function  # type: ignore[assignment]
                 one = timed(forward, 1, torch.device("cpu"), warmup=False)
                 results[label].walls += one.walls
                 results[label].cpus += one.cpus
@@ -105,7 +111,10 @@ def condition_cache_share(name: str) -> float:
     convolution (2·27·width FLOPs per voxel) is all that does not change between sampling steps.
     """
     with torch.device("meta"):
-        width = build_network(name).widths[0]
+        net = build_network(name)
+    if not isinstance(net, DiffusionIQTNet):
+        raise ConfigError(f"network {name!r} is not DiffusionIQT: it has no condition to cache")
+    width = net.widths[0]
     forward, _ = network_flops(name)
     return 2 * 27 * width * math.prod(BLOCK) / forward
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,11 +15,11 @@ def _names(text: str) -> list[str]:
 
 @app.command("bench-speed")
 def bench_speed(
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the Markdown section to this file (default: print it)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Write the Markdown section to this file (default: print it)."),
     presets: str = typer.Option("paper,no-crossbatch,no-deepfeature-no-crossbatch,small", help="Networks to time, comma-separated."),
     parts: str = typer.Option("networks,enhance,full-brain,quality,tuning", help="What to run, comma-separated: networks, enhance (schemes on --region), full-brain, quality, tuning."),
     repeats: int = typer.Option(3, help="Timed passes per measurement (1: no warm-up pass either)."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (CUDA only; about 1000x slower on this kind of CPU)."),
     model: str = typer.Option("default", help="Model for enhancement: a shipped name, a checkpoint, or untrained:PRESET (timings only)."),

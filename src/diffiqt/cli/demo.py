@@ -50,7 +50,8 @@ def demo(
     brain = pick_brain(brain)
     console.print(f"simulating an x8 low-field scan of [bold]{brain}[/bold] (slice axis {axis})")
     case = held_out_case(brain, seed=seed, axis=axis, slab_mm=slab_mm or None)
-    options = EnhanceOptions(steps if steps is not None else loaded.steps, None, samples, seed, str(resolve_device(device)))
+    options = EnhanceOptions(steps if steps is not None else loaded.steps, samples=samples, seed=seed,
+                             device=str(resolve_device(device)))
     with progress() as bar:
         task = bar.add_task("enhancing", total=options.steps)
         result = run_held_out(case, loaded, options, on_step=lambda i: bar.update(task, completed=i + 1))

@@ -106,9 +106,10 @@ def enhance_file(scan: Path, lf, target: Path, model, ref, options, png: bool, b
     from diffiqt.enhance import enhance
     from diffiqt.figures import montage
     from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
+    from rich.progress import TaskID
 
     std_path = sibling_path(target, "_std")
-    tasks = []  # created at the first step, so that input errors print no empty bar
+    tasks: list[TaskID] = []  # created at the first step, so that input errors print no empty bar
 
     def on_step(i: int) -> None:
         if not tasks:

@@ -8,7 +8,6 @@ and scripts/gpu_train.sh.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -20,10 +19,10 @@ def simulate_pairs(
     out: Path = typer.Option(..., "-o", "--out", help="The pairs file to write (one .safetensors file)."),
     pairs: int = typer.Option(2, help="Augmented, simulated training pairs (17-20 MB each for an MNI152-sized brain)."),
     val_blocks: int = typer.Option(2, help="Fixed validation blocks per training source, from a simulation never trained on."),
-    preset: Optional[str] = typer.Option(None, help="Preset whose data settings are used, e.g. 'paper' (96³ blocks)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON or TOML config file, merged over the preset."),
-    set_: List[str] = typer.Option([], "--set", help="Change one setting, e.g. --set data.lf_axis=null (repeatable)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed of the augmentation and simulation draws."),
+    preset: str | None = typer.Option(None, help="Preset whose data settings are used, e.g. 'paper' (96³ blocks)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="JSON or TOML config file, merged over the preset."),
+    set_: list[str] = typer.Option([], "--set", help="Change one setting, e.g. --set data.lf_axis=null (repeatable)."),
+    seed: int | None = typer.Option(None, help="Random seed of the augmentation and simulation draws."),
 ) -> None:
     """Simulate training pairs once, into one compact file that `diffiqt train` reads with data.pairs_file.
 

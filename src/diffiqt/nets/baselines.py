@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from diffiqt.nets.base import Network
 from diffiqt.nets.blocks import PointwiseConv, start_at_zero
 from diffiqt.nets.crossbatch import halo_of_path, pad_to_multiple
 
 
-class DirectNet(nn.Module):
-    """Attributes shared by the baselines: no time input, one input channel, no cross-batch."""
+class DirectNet(Network):
+    """The :class:`~diffiqt.nets.base.Network` attributes shared by the baselines: no time input, one input
+    channel, no cross-batch, 32³ cells on the isotropic grid."""
 
     name = "baseline"
     needs_time = False
@@ -26,11 +28,6 @@ class DirectNet(nn.Module):
     cross_batch = False
     patch_size = 32
     slice_fold = 1
-
-    @property
-    def cell_shape(self) -> tuple[int, int, int]:
-        """Input voxels per axis that boxes and chunks are aligned to (see DiffusionIQTNet.cell_shape)."""
-        return (self.patch_size,) * 3
 
 
 class Interpolation(DirectNet):

@@ -84,9 +84,9 @@ class InputConv(nn.Conv3d):
 def start_at_zero(layer: nn.Module) -> None:
     """Zero a layer's weight and bias: a network whose output is added to its LF input (``condition_skip``)
     then starts as the identity on that input, i.e. as cubic interpolation."""
-    nn.init.zeros_(layer.weight)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
+    for tensor in (layer.weight, layer.bias):
+        if isinstance(tensor, Tensor):  # a layer without bias has bias None
+            nn.init.zeros_(tensor)
 
 
 class PointwiseConv(nn.Conv3d):
@@ -152,7 +152,6 @@ class ResBlock(nn.Module):
         self.norm2 = ChannelNorm(out_channels, affine=False)  # the time's scale/shift is its affine
         self.conv2 = zero_init(nn.Conv3d(out_channels, out_channels, 3, padding=dilation, dilation=dilation))
         self.skip = PointwiseConv(in_channels, out_channels) if in_channels != out_channels else nn.Identity()
-        self.dilation = dilation
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
         h = self.conv1(mish(self.norm1(x)))
@@ -312,7 +311,8 @@ class DeepFeatureModule(nn.Module):
     def __init__(self, channels: int, width: int, time_dim: int, blocks: int = 1):
         super().__init__()
         self.expand = PointwiseConv(channels, width)
-        self.blocks = nn.ModuleList(ResBlock(width, width, time_dim, dilation=2) for _ in range(blocks))
+        self.dilations = [2] * blocks  # of the blocks' second conv, for receptive-field bookkeeping
+        self.blocks = nn.ModuleList(ResBlock(width, width, time_dim, dilation=d) for d in self.dilations)
         self.contract = zero_init(PointwiseConv(width, channels))
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:

@@ -118,7 +118,8 @@ def neighbourhood_linear_attention(
     """
     b, embed = query.shape[:2]
     a = tokens_per_axis
-    grid = tuple(n // a for n in query.shape[2:])
+    depth, height, width = query.shape[2:]
+    grid = (depth // a, height // a, width // a)
     head_dim = embed // heads
     q = _to_cells(query, a).reshape(b, heads, head_dim, -1, a**3).softmax(dim=2)
     k = _to_cells(key, a).reshape(b, heads, head_dim, -1, a**3)
@@ -162,10 +163,12 @@ def halo_of_path(steps: list[int | str]) -> int:
     """
     radius = 0
     for step in reversed(steps):
-        if step == "down":  # a coarse voxel was made of the 2 finer voxels at 2X, 2X+1
+        if isinstance(step, int):
+            radius += step
+        elif step == "down":  # a coarse voxel was made of the 2 finer voxels at 2X, 2X+1
             radius = 2 * radius + 1
         elif step == "up":  # fine voxels x-r … x+r came from coarse voxels (x-r)//2 … (x+r)//2
             radius = -(-radius // 2)
         else:
-            radius += step
+            raise ValueError(f"unknown path step {step!r}; give an int, 'down' or 'up'")
     return radius

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffiqt.nets.base import Network
 from diffiqt.nets.blocks import (
     ChannelNorm,
     ChannelShuffleDown,
@@ -62,7 +63,7 @@ class DecoderLevel(nn.Module):
         return x
 
 
-class DiffusionIQTNet(nn.Module):
+class DiffusionIQTNet(Network):
     """Predicts the clean image from [LF condition, noisy image] and the log-SNR.
 
     forward(x [B, 2, D, H, W], logsnr [B], layout="volume") -> x̂ [B, 1, D, H, W]
@@ -89,6 +90,7 @@ class DiffusionIQTNet(nn.Module):
     name = "diffiqt"
     needs_time = True
     in_channels = 2  # channel 0: low-field condition, channel 1: noisy image x_t
+    # cross_batch, patch_size and slice_fold are constructor settings; cell_shape is Network's.
 
     def __init__(
         self,
@@ -161,7 +163,8 @@ class DiffusionIQTNet(nn.Module):
         padded, crop = pad_to_multiple(x, self.cell_shape)
         if self.cross_batch:
             return self._forward_blocks(padded, logsnr)[crop]
-        grid = tuple(n // self.patch_size for n in padded.shape[2:])
+        depth, height, width = padded.shape[2:]
+        grid = (depth // self.patch_size, height // self.patch_size, width // self.patch_size)
         patches = block_to_patches(padded, self.patch_size)
         out = self._forward_blocks(patches, logsnr.repeat_interleave(math.prod(grid)))
         return patches_to_block(out, grid)[crop]
@@ -200,11 +203,6 @@ class DiffusionIQTNet(nn.Module):
         return out + x[:, :1] if self.condition_skip else out
 
     @property
-    def cell_shape(self) -> tuple[int, int, int]:
-        """Input voxels of one attention cell per axis; chunks and boxes are cut on this grid."""
-        return (self.patch_size, self.patch_size, self.patch_size * self.slice_fold)
-
-    @property
     def receptive_field(self) -> int:
         """A safe halo in input voxels: the output at a voxel depends on no input farther away (per axis).
 
@@ -215,11 +213,11 @@ class DiffusionIQTNet(nn.Module):
         reach = halo_of_path(self._halo_steps()) * self.slice_fold  # folded voxels span f input voxels on one axis
         return reach if self.cross_batch else min(reach, self.patch_size - 1)
 
-    def _halo_steps(self) -> list:
+    def _halo_steps(self) -> list[int | str]:
         """The longest input-to-output path as :func:`halo_of_path` steps."""
         levels = len(self.widths)
         level_convs = 2 * self.res_blocks  # two 3³ convs per ResNet block
-        steps: list = [1]  # stem
+        steps: list[int | str] = [1]  # stem
         for level in range(levels):
             if level:
                 steps.append("down")
@@ -230,7 +228,7 @@ class DiffusionIQTNet(nn.Module):
                 steps.append(2 * cell + cell // self.tokens_per_axis - 1)
             steps.append(level_convs)
         if self.deep_feature is not None:
-            steps.extend(1 + block.dilation for block in self.deep_feature.blocks)
+            steps.extend(1 + dilation for dilation in self.deep_feature.dilations)
         for level in reversed(range(levels)):
             if level < levels - 1:
                 steps.append("up")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ class LinearIQT(DirectNet):
     """
 
     name = "linear-iqt"
+    weight: Tensor  # buffers, declared so that they type as tensors, not as nn.Module attributes
+    bias: Tensor
+    fit_info: dict[str, Any]  # set by :meth:`fit`: what the solution was fitted on
 
     def __init__(self, factor: int = 8, radius: int = 2, before: int = 1, after: int = 2):
         super().__init__()
@@ -102,7 +106,7 @@ class LinearIQT(DirectNet):
 
     @classmethod
     def fit(cls, pairs: Iterable, factor: int, radius: int = 2, before: int = 1, after: int = 2,
-            max_voxels: int | None = None, seed: int | list[int] = 0) -> "LinearIQT":
+            max_voxels: int | None = None, seed: int | list[int] = 0) -> LinearIQT:
         """Least-squares fit on ``pairs``: objects with ``cond``, ``target`` and ``mask`` arrays [X, Y, Z] (slice
         axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.data.Pair` turned so), or
         (cond, target, mask) tuples. See :class:`NormalEquations`."""
@@ -161,20 +165,20 @@ class NormalEquations:
         windows = phase0_windows(cond, f, self.window, self.before)
         x, y, k = windows.shape[:3]
         folded_target = np.pad(np.asarray(target, dtype=np.float64), pad).reshape(x, y, k, f)
-        inside = np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1)
+        inside = np.asarray(np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1))  # an array, for typing
         inside[:, :, np.shape(cond)[2] // f:] = False  # a group cut by the volume's end has no full target
         rows = np.flatnonzero(inside)
         if max_voxels is not None and rows.size > max_voxels:
             rng = rng if rng is not None else np.random.default_rng(0)
             rows = np.sort(rng.choice(rows, max_voxels, replace=False))
-        folded_target = folded_target.reshape(-1, f)
+        target_rows = folded_target.reshape(-1, f)
         for start in range(0, rows.size, ROWS_PER_CHUNK):  # gathering from the view copies only the chunk
             chunk = rows[start:start + ROWS_PER_CHUNK]
             design = np.empty((chunk.size, self.xtx.shape[0]))
             design[:, :-1] = windows[np.unravel_index(chunk, (x, y, k))].reshape(chunk.size, -1)
             design[:, -1] = 1.0
             self.xtx += design.T @ design
-            self.xty += design.T @ folded_target[chunk]
+            self.xty += design.T @ target_rows[chunk]
         self.rows += int(rows.size)
         self.pairs += 1
 

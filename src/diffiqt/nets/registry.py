@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffiqt.errors import ConfigError
+from diffiqt.nets.base import Network
 from diffiqt.nets.baselines import Interpolation, UNet3d
 from diffiqt.nets.diffiqt import DiffusionIQTNet
 from diffiqt.nets.esrgan import ESRGANGenerator3d
@@ -19,7 +20,7 @@ from diffiqt.nets.linear_iqt import LinearIQT
 
 @dataclass(frozen=True)
 class _Entry:
-    builder: type[nn.Module]
+    builder: type[Network]
     summary: str
     paper_parameters_m: float | None  # the paper's count in millions (Tables 1 and 2), if it gives one
     settings: dict[str, Any] = field(default_factory=dict)  # differences from the builder's defaults
@@ -68,7 +69,7 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def build_network(name: str, **overrides: Any) -> nn.Module:
+def build_network(name: str, **overrides: Any) -> Network:
     """Build the network ``name`` with the given constructor arguments changed.
 
     The module gets ``name`` and ``config``: ``build_network(**net.config)`` rebuilds the same
@@ -90,7 +91,7 @@ def build_network(name: str, **overrides: Any) -> nn.Module:
     return net
 
 
-def network_config(net: nn.Module) -> dict[str, Any]:
+def network_config(net: Network) -> dict[str, Any]:
     """The arguments that rebuild ``net`` with :func:`build_network` (a copy of ``net.config``)."""
     return dict(net.config)
 
@@ -110,7 +111,7 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def count_flops(net: nn.Module) -> int:
+def count_flops(net: Network) -> int:
     """FLOPs of one forward pass on one patch (patch_size³), as FlopCounterMode counts them.
 
     FlopCounterMode counts convolutions and matrix products (2 per multiply-add); elementwise work
