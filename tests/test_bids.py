@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
