@@ -84,10 +84,10 @@ def plan(source: Path, out: Path, descs: tuple[str, ...], participants: list[str
     selected = bids.select(dataset, found, participants, sessions)
     problems = [str(p) for p in bad_names if bids.in_selection(p.relpath, participants, sessions)]
     total = len(selected) + len(problems)
-    todo = []
+    todo, finished = [], []
     for job in (Job(scan, out, descs) for scan in selected):
         if not force and all(path.exists() for path in job.files):
-            say("skipped", f"{job.scan.relpath}: its outputs exist (--force redoes it)")
+            finished.append(job)
             continue
         try:
             check_image(job.scan.path)
@@ -99,6 +99,9 @@ def plan(source: Path, out: Path, descs: tuple[str, ...], participants: list[str
                   [scan.path for scan in found], force=force)
     if problems and not todo:
         refuse(problems)
+    # Only now, so that a refusal above is the one line printed.
+    for job in finished:
+        say("skipped", f"{job.scan.relpath}: its outputs exist (--force redoes it)")
     for problem in problems:
         say("[red]skipped[/red]", problem)
     return Plan(dataset, out, todo, problems, total)
