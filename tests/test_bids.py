@@ -285,6 +285,13 @@ def test_a_bad_scan_is_reported_and_the_others_are_processed(capsys, tmp_path, v
     assert "2 of 4 T1w scans were not processed" in lines[2]
     assert files(out) == sorted([bids.DESCRIPTION] + enhanced_names(SCANS[0], 1) + enhanced_names(SCANS[2], 1))
 
+    before = tree(tmp_path)  # unrepaired, a re-run names what is done and what is not, and writes nothing
+    result = cli(capsys, "enhance", raw, "-o", out, "--model", volumes["checkpoint"])
+    assert result.returncode == 2 and tree(tmp_path) == before
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == [f"skipped {SCANS[0]}", f"skipped {SCANS[2]}"], result.stderr
+    assert "nothing to do: the outputs of 2 of the 4" in result.stderr and "2 of 4 T1w scans were not" in lines[-1]
+
     from diffiqt.io import save_volume
 
     save_volume(volumes["lf"], raw / SCANS[1])  # repaired: the re-run enhances it alone

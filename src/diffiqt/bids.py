@@ -240,7 +240,7 @@ def derivative_description(dataset: Dataset, out: Path, version: str, what: str)
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "diffiqt", "Version": version,
-                         "Description": f"{what}: diffiqt, low-field brain MRI enhancement with a 3D conditional diffusion model"}],
+                         "Description": "low-field brain MRI enhancement with a 3D conditional diffusion model"}],
         "DatasetLinks": {INPUT_LINK: link},
     }
 

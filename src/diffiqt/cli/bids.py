@@ -7,7 +7,7 @@ The layout is :mod:`diffiqt.bids`'s; this module runs the commands over it. A ru
    nothing, an unfit ``--out``, an output that exists without all its siblings (give ``--force``).
 2. Before any model loads: scans whose outputs all exist are skipped (``--force`` redoes them), each named
    on one line; scans that cannot be used (a name that is no BIDS name, a header that is no 3D image) are
-   reported on one line each. If that leaves nothing to do the problems are the error (exit 2).
+   reported on one line each. If no scan is done or left to do, those lines are the error (exit 2).
 3. The other scans are processed, each all-or-nothing; one that fails is reported and the others go on.
    The derivative's ``dataset_description.json`` is written with the first finished scan. If any scan was
    not processed the command ends with one more line and exit status 2, so that a script notices.
@@ -97,7 +97,7 @@ def plan(source: Path, out: Path, descs: tuple[str, ...], participants: list[str
         todo.append(job)
     check_outputs([(path, str(job.scan.relpath)) for job in todo for path in job.files],
                   [scan.path for scan in found], force=force)
-    if problems and not todo:
+    if problems and not todo and not finished:
         refuse(problems)
     # Only now, so that a refusal above is the one line printed.
     for job in finished:
@@ -122,12 +122,18 @@ def refuse(problems: list[str]) -> None:
 
 
 def all_done(plan: Plan, what: str) -> None:
-    """Every selected scan was done by an earlier run: say so, and write the derivative's description
-    (``what`` the pipeline did) only if it is missing."""
+    """No scan is left to process: each selected scan was done by an earlier run or has a problem (reported).
+
+    The derivative's description (``what`` the pipeline did) is written only if it is missing; exit
+    status 2 if a scan has a problem, as after a run that met it.
+    """
     from diffiqt import __version__
 
     bids.write_description(plan.dataset, plan.out, __version__, what)
-    say("nothing to do:", f"the outputs of the {plan.total} selected T1w scans exist in {plan.out}")
+    done = plan.total - len(plan.problems)
+    say("nothing to do:", f"the outputs of {done} of the {plan.total} selected T1w scans exist in {plan.out}")
+    if plan.problems:
+        raise InputError(f"{len(plan.problems)} of {plan.total} T1w scans were not processed (see above)")
 
 
 def run(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> None:
