@@ -19,12 +19,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from diffiqt import bids
 from diffiqt.cli.common import console, progress
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
+
+if TYPE_CHECKING:  # torch is imported by the commands only when they work, so that --help stays fast
+    from diffiqt.enhance import EnhanceOptions, Model
+    from diffiqt.io import Volume
+    from diffiqt.pretrained import ModelRef
+    from diffiqt.simulate import LowFieldParams
+
+    ParamsFor = Callable[[Volume], LowFieldParams]
 
 
 def bids_mode(source: Path, participants: list[str], sessions: list[str]) -> bool:
@@ -159,7 +168,7 @@ def run(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> No
         raise InputError(f"{len(failures)} of {plan.total} T1w scans were not processed (see above)")
 
 
-def enhance_dataset(source: Path, out: Path, ref, options, *, png: bool, force: bool,
+def enhance_dataset(source: Path, out: Path, ref: ModelRef, options: EnhanceOptions, *, png: bool, force: bool,
                     participants: list[str], sessions: list[str]) -> None:
     """``diffiqt enhance BIDS_ROOT -o OUT``: ``desc-enhanced`` (and ``desc-sd`` with samples > 1) per T1w scan.
 
@@ -185,14 +194,14 @@ def enhance_dataset(source: Path, out: Path, ref, options, *, png: bool, force: 
                       "from, so their spread is no uncertainty map; use --steps 20 for one")
 
 
-def _enhance_scan(job: Job, count: str, model, ref, options, bar: Progress) -> None:
+def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: EnhanceOptions, bar: Progress) -> None:
     """Enhance one scan into its ``desc-enhanced`` (and ``desc-sd``) images and sidecars, all or none of them."""
     from diffiqt import __version__
     from diffiqt.enhance import enhance, slice_axis
     from diffiqt.io import OutputGroup, load_volume, save_json, save_volume
 
     lf = load_volume(job.scan.path)
-    tasks = []  # created at the first step, so that a scan refused before sampling leaves no empty bar
+    tasks: list[TaskID] = []  # created at the first step, so that a scan refused before sampling leaves no empty bar
 
     def on_step(i: int) -> None:
         if not tasks:
@@ -213,7 +222,7 @@ def _enhance_scan(job: Job, count: str, model, ref, options, bar: Progress) -> N
                                                   "whose mean is desc-enhanced (uncertainty)", **common}, job.sidecar(bids.DESC_SD)))
 
 
-def simulate_dataset(source: Path, out: Path, params: Callable, seed: int, *, upsample: bool, png: bool, force: bool,
+def simulate_dataset(source: Path, out: Path, params: ParamsFor, seed: int, *, upsample: bool, png: bool, force: bool,
                      participants: list[str], sessions: list[str]) -> None:
     """``diffiqt simulate BIDS_ROOT -o OUT``: ``desc-lowfield`` (and ``desc-lowfieldupsampled``) per T1w scan.
 
@@ -226,7 +235,7 @@ def simulate_dataset(source: Path, out: Path, params: Callable, seed: int, *, up
     work = plan(source, out, descs, participants, sessions, force)
     if not work.jobs:
         return all_done(work, "low-field simulation")
-    task = []
+    task: list[TaskID] = []  # the bar's task, added when the bar is up
 
     def simulate_scan(job: Job, index: int, bar: Progress) -> None:
         if not task:
@@ -239,7 +248,7 @@ def simulate_dataset(source: Path, out: Path, params: Callable, seed: int, *, up
     run(work, "low-field simulation", simulate_scan)
 
 
-def _simulate_scan(job: Job, params: Callable, seed: int, upsample: bool) -> None:
+def _simulate_scan(job: Job, params: ParamsFor, seed: int, upsample: bool) -> None:
     """Simulate one scan's ``desc-lowfield`` (and ``desc-lowfieldupsampled``) images and sidecars, all or none."""
     from diffiqt import __version__
     from diffiqt.cli.common import seed_for
