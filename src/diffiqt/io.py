@@ -106,23 +106,47 @@ def has_image_suffix(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def _read_image(path: Path):
-    import nibabel as nib
-
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     if not has_image_suffix(path):
         raise InputError(f"{path}: not a NIfTI or MGZ file (expected {', '.join(IMAGE_SUFFIXES)})")
+
+
+def _read_image(path: Path):
+    import nibabel as nib
+
+    _check_file(path)
     try:
         # nib.load is typed to return any file-based image; the NIfTI/MGZ suffixes checked above are spatial.
         img = cast("nib.spatialimages.SpatialImage", nib.load(str(path)))
         data = _as_3d_shape(img.shape, path) and img.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot be read as NIfTI/MGZ ({reason})") from None
+        raise _unreadable(path, exc) from None
     return img, data
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(f"{path}: cannot be read as NIfTI/MGZ ({reason})")
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """InputError unless ``path`` is a NIfTI/MGZ file whose header says one 3D volume.
+
+    Only the header is read, so a whole dataset is checked in moments before any work; a file whose voxel
+    data are damaged passes, and fails when :func:`load_volume` reads it.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        _as_3d_shape(nib.load(str(path)).shape, path)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _as_3d_shape(shape: tuple[int, ...], path: Path) -> bool:

@@ -22,6 +22,8 @@ def enhance(
     max_voxels: int = typer.Option(None, help="Evaluate the network in chunks of at most this many voxels (same result, less memory)."),
     png: bool = typer.Option(False, help="Also write a PNG montage (LF | enhanced | std) as *_montage.png."),
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
+    participant_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this participant's scans (repeatable; 01 or sub-01)."),
+    session_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this session's scans (repeatable; 1 or ses-1)."),
 ) -> None:
     """Enhance low-field brain MRI with a trained DiffusionIQT model.
 
@@ -38,9 +40,11 @@ def enhance(
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small\n
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small --samples 4 --png\n
       diffiqt enhance lf_folder/ -o enhanced/ --model runs/cpu-small\n
+      diffiqt enhance bids_root/ -o bids_root/derivatives/diffiqt --participant-label 01\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
     from diffiqt import distributed
+    from diffiqt.cli.bids import bids_mode, enhance_dataset
     from diffiqt.cli.common import console, progress
     from diffiqt.datasets import list_user_folder
     from diffiqt.diffusion import SAMPLERS
@@ -57,6 +61,9 @@ def enhance(
         raise ConfigError("--steps, --samples and --max-voxels must be at least 1")
     target_device = distributed.resolve_device(device)
     ref = resolve_model(model)
+    if bids_mode(source, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
+        return enhance_dataset(source, out, ref, EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels),
+                               png=png, force=force, participants=participant_label, sessions=session_label)
     folder_mode = source.is_dir()
     if folder_mode:
         if out.suffix:

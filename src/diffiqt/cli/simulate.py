@@ -36,6 +36,8 @@ def simulate(
     upsample: bool = typer.Option(True, help="Also write the LF resampled (cubic) onto the HF grid as *_upsampled: the network's condition."),
     png: bool = typer.Option(False, help="Also write a PNG montage (HF vs LF) as *_montage.png."),
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
+    participant_label: list[str] = typer.Option([], help="BIDS dataset only: simulate from this participant's scans (repeatable; 01 or sub-01)."),
+    session_label: list[str] = typer.Option([], help="BIDS dataset only: simulate from this session's scans (repeatable; 1 or ses-1)."),
 ) -> None:
     """Simulate low-field scans from high-field T1w volumes.
 
@@ -48,15 +50,23 @@ def simulate(
     Examples:\n
       diffiqt simulate sub-01_T1w.nii.gz -o sub-01_lf.nii.gz --png\n
       diffiqt simulate hf_folder/ -o lf_folder/ --factor 8 --seed 1\n
+      diffiqt simulate bids_root/ -o bids_root/derivatives/diffiqt-lowfield --factor 8\n
       diffiqt simulate mni152 -o mni_lf.nii.gz --snr-wm 60 --snr-gm 50
     """
+    from functools import partial
+
     from diffiqt import datasets
+    from diffiqt.cli.bids import bids_mode, simulate_dataset
     from diffiqt.cli.common import progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
     from diffiqt.io import check_output_path, check_outputs, split_image_name
 
     axis_index = parse_axis(axis)
     path = Path(source)
+    if bids_mode(path, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
+        params = partial(lowfield_params, thickness=thickness, gap=gap, factor=factor, axis=axis_index, snr_wm=snr_wm, snr_gm=snr_gm)
+        return simulate_dataset(path, out, params, seed, upsample=upsample, png=png, force=force,
+                                participants=participant_label, sessions=session_label)
     if path.is_dir():
         files = datasets.list_user_folder(path)
         if out.suffix:
@@ -96,18 +106,25 @@ def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
             + ([sibling_path(out, "_montage", ".png")] if png else []) + [sibling_path(out, "", ".json")])
 
 
+def lowfield_params(t1, thickness: float, gap: float, factor: float | None, axis: int,
+                    snr_wm: float | None, snr_gm: float | None):
+    """The simulation's parameters for the HF volume ``t1``: --factor is relative to its voxel size."""
+    from diffiqt.simulate import LowFieldParams
+
+    if factor is not None:
+        return LowFieldParams.for_factor(factor, float(t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
+    return LowFieldParams(thickness_mm=thickness, gap_mm=gap, axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
+
+
 def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_wm, snr_gm, seed, rng, upsample, png):
     """Simulate one LF volume into ``out`` and its siblings (checked by the caller), all or none of them."""
     from diffiqt import __version__
     from diffiqt.figures import montage
     from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.simulate import simulate_low_field
 
     up_path, json_path, png_path = sibling_path(out, "_upsampled"), sibling_path(out, "", ".json"), sibling_path(out, "_montage", ".png")
-    if factor is not None:
-        params = LowFieldParams.for_factor(factor, float(sample.t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
-    else:
-        params = LowFieldParams(thickness_mm=thickness, gap_mm=gap, axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
+    params = lowfield_params(sample.t1, thickness, gap, factor, axis, snr_wm, snr_gm)
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=upsample)
     with OutputGroup() as written:
         written.add(save_volume(result.lf, out, inputs=inputs))
