@@ -158,9 +158,10 @@ def parse_name(name: str) -> tuple[tuple[str, str], ...] | None:
     if parts[-1] != "T1w" or len(parts) < 2:
         return None
     matches = [ENTITY.fullmatch(part) for part in parts[:-1]]
-    if not all(matches):
+    found = [m for m in matches if m is not None]
+    if len(found) != len(matches):
         return None
-    entities = tuple((m.group(1), m.group(2)) for m in matches)
+    entities = tuple((m.group(1), m.group(2)) for m in found)
     return entities if len({key for key, _ in entities}) == len(entities) else None
 
 

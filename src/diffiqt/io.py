@@ -144,7 +144,7 @@ def check_image(path: str | os.PathLike) -> None:
     path = Path(path)
     _check_file(path)
     try:
-        _as_3d_shape(nib.load(str(path)).shape, path)
+        _as_3d_shape(cast("nib.spatialimages.SpatialImage", nib.load(str(path))).shape, path)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise _unreadable(path, exc) from None
 
