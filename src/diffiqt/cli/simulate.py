@@ -51,11 +51,12 @@ def simulate(
       diffiqt simulate mni152 -o mni_lf.nii.gz --snr-wm 60 --snr-gm 50
     """
     from diffiqt import datasets
-    from diffiqt.cli.common import progress, seed_for
+    from diffiqt.cli.common import check_seed, progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
     from diffiqt.io import check_output_path, check_outputs, split_image_name
 
     axis_index = parse_axis(axis)
+    check_seed(seed)
     path = Path(source)
     if path.is_dir():
         files = datasets.list_user_folder(path)
