@@ -48,6 +48,7 @@ LINEAR_IQT_STREAM = 7  # keeps the seeds of fit_linear_iqt's pairs apart from ot
 # Keys a resumed run may change: none of them alters what is computed.
 RESUMABLE_KEYS = {"steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints",
                   "tensorboard"}
+LOGS = ("train.csv", "val.csv")
 LOCK_FILE = ".lock"  # in the run folder: held (flock) by the process training there
 # Bytes per voxel of a training block that a step needs at the least (target, condition, mask, noise, the noisy
 # input, the prediction and their gradients, as float32): the floor of an estimate, whatever the network.
@@ -201,14 +202,7 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: list[str], resume_step: int | None):
         self.path, self.columns = path, columns
-        rows = []
-        if resume_step is not None and path.exists():
-            try:
-                with path.open(newline="") as f:
-                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-            except (ValueError, TypeError, KeyError, csv.Error, UnicodeDecodeError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(f"{path}: not a log this run can continue ({reason}); move it away to resume") from None
+        rows = log_rows(path, resume_step) if resume_step is not None else []
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
@@ -217,6 +211,18 @@ class CsvLog:
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow({k: _csv_value(row.get(k)) for k in self.columns})
+
+
+def log_rows(path: Path, up_to_step: int) -> list[dict]:
+    """The rows of a CSV log (none if it is missing) up to step ``up_to_step``; InputError if it is no such log."""
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+    except (ValueError, TypeError, KeyError, csv.Error, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a log this run can continue ({reason}); move it away to resume") from None
 
 
 def _csv_value(value):
@@ -309,6 +315,8 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, net: nn.Module):
     try:
         # A run stopped before its first checkpoint starts afresh.
         resume_from = newest_sound_checkpoint(out, cfg, net) if resume and list_checkpoints(out) else None
+        for log in LOGS:  # read before anything is written, so that a refused resume changes nothing
+            log_rows(out / log, resume_from[0].step if resume_from else 0)
         dist.barrier()  # every process has looked at the folder before rank 0 writes to it
         if dist.is_main():
             save_json(cfg.to_dict(), out / "config.json")
@@ -590,8 +598,8 @@ class Logs:
 
     def __init__(self, out: Path, cfg: TrainConfig, resume_step: int):
         resume = resume_step if resume_step > 0 else None
-        self.train_csv = CsvLog(out / "train.csv", ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
-        self.val_csv = CsvLog(out / "val.csv", ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
+        self.train_csv = CsvLog(out / LOGS[0], ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
+        self.val_csv = CsvLog(out / LOGS[1], ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
         self.board = None
         if cfg.tensorboard:
             try:
