@@ -415,8 +415,9 @@ def test_a_file_name_starting_with_a_dash_gets_a_one_line_hint_and_works_as_dot_
     _copy(data["hf"], tmp_path / "-scan.nii.gz")
     monkeypatch.chdir(tmp_path)
     _refused(capsys, tmp_path, "write ./-scan.nii.gz or put it after --", "simulate", "-scan.nii.gz", "-o", "out.nii.gz")
-    for args in (("./-scan.nii.gz", "-o", "out.nii.gz"), ("-o", "out2.nii.gz", "--", "-scan.nii.gz")):
-        result = _cli(capsys, "simulate", *args, "--no-upsample", "--snr-wm", 60, "--snr-gm", 50)
+    options = ("--no-upsample", "--snr-wm", 60, "--snr-gm", 50)
+    for args in (("./-scan.nii.gz", "-o", "out.nii.gz", *options), ("-o", "out2.nii.gz", *options, "--", "-scan.nii.gz")):
+        result = _cli(capsys, "simulate", *args)
         assert result.returncode == 0, result.stderr
 
 
@@ -424,8 +425,8 @@ def test_evaluate_refuses_a_report_in_a_folder_or_where_nothing_can_be_written(c
     scan = _copy(data["hf"], tmp_path / "hf.nii.gz")
     (tmp_path / "folder").mkdir()
     _refused(capsys, tmp_path, "is a folder", "evaluate", "--pred", scan, "--target", scan, "--csv", tmp_path / "folder")
-    _refused(capsys, tmp_path, "/proc/scores.csv: cannot write", "evaluate", "--pred", scan, "--target", scan,
-             "--csv", "/proc/scores.csv", "--no-segmentation")
+    _refused(capsys, tmp_path, "/proc: folder is not writable", "evaluate", "--pred", scan, "--target", scan,
+             "--csv", "/proc/scores.csv")
 
 
 def test_stale_part_files_of_ones_own_outputs_are_removed_and_others_kept(capsys, tmp_path, data):
@@ -479,7 +480,7 @@ def test_val_sources_inside_a_training_folder_are_refused(tmp_path):
 def test_train_refuses_an_out_that_is_a_file_or_cannot_be_made(capsys, tmp_path):
     (tmp_path / "file").write_text("not a run folder")
     _refused(capsys, tmp_path, "not a folder", "train", "--out", tmp_path / "file", *TINY_SETTINGS, "--no-progress")
-    _refused(capsys, tmp_path, "/proc/diffiqt-run: cannot create the run folder", "train", "--out", "/proc/diffiqt-run",
+    _refused(capsys, tmp_path, "/proc: folder is not writable", "train", "--out", "/proc/diffiqt-run",
              *TINY_SETTINGS, "--no-progress")
 
 

@@ -205,9 +205,9 @@ def test_a_run_killed_at_random_points_resumes_to_the_same_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(tiny("steps=8", "checkpoint_every=1"), straight, progress=False)
     rng = np.random.default_rng(17)
-    resume: tuple = ()
     for attempt in range(8):
-        process = _start("train", "--out", killed, "--steps", 8, "--no-progress", *(resume or settings))
+        resume = (killed / "config.json").exists()  # else the killed run had not started: start it again
+        process = _start("train", "--out", killed, "--steps", 8, "--no-progress", *(("--resume",) if resume else settings))
         deadline = time.monotonic() + 120
         while not (killed / "train.csv").exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -218,7 +218,6 @@ def test_a_run_killed_at_random_points_resumes_to_the_same_weights(tmp_path):
         if process.returncode == 0:
             break
         assert process.returncode == -signal.SIGKILL, err
-        resume = ("--resume",)
     assert process.returncode == 0, err
     for name in ("model", "ema", "optimizer"):
         assert same_tensors(tensors(ck.find_checkpoint(straight), name), tensors(ck.find_checkpoint(killed), name)), name
@@ -249,7 +248,6 @@ def test_sigterm_leaves_all_outputs_or_none_and_no_part_files(tmp_path, mni_crop
         scan = save_volume(lf, tmp_path / "lf.nii.gz")
         extra = ("--model", _tiny_checkpoint(tmp_path), "--samples", 2, "--png")
     rng = np.random.default_rng(5)
-    outcomes = set()
     for attempt in range(3):
         out = tmp_path / f"out{attempt}"
         process = _start(command, scan, "-o", out / "result.nii.gz", *extra)
@@ -258,8 +256,7 @@ def test_sigterm_leaves_all_outputs_or_none_and_no_part_files(tmp_path, mni_crop
         _, err = process.communicate(timeout=300)
         written = sorted(p.name for p in out.iterdir()) if out.exists() else []
         if process.returncode == 0:
-            assert len(written) == (4 if command == "enhance" else 4), written  # image, sibling, montage, sidecar
-        else:
-            assert process.returncode == 130, err
+            assert len(written) == 4, written  # the image, its _std or _upsampled sibling, the montage, the sidecar
+        else:  # stopped as by Ctrl-C, or by the default action if the signal came before diffiqt started
+            assert process.returncode in (130, -signal.SIGTERM), err
             assert written == [], written
-        outcomes.add(process.returncode)

@@ -265,8 +265,18 @@ def check_folder(folder: Path) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{existing}: not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise OutputError(f"{existing}: folder is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Can a file be made in ``folder``? For root, os.access says yes everywhere, /proc included; a trial file
+    (removed at once) tells before the work rather than after it."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iterable[str | os.PathLike],
