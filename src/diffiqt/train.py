@@ -473,7 +473,7 @@ class Trainer:
         finite = bool(torch.isfinite(loss.detach()) and torch.isfinite(grad_norm))
         if dist.mean_over_ranks(float(not finite), self.device) > 0:  # every rank stops at the same step
             saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {float(loss):.3g} and the "
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {float(loss.detach()):.3g} and the "
                                    f"gradient norm {float(grad_norm):.3g}; the step was not taken and {saved} "
                                    f"(a lower optim.lr than {self.cfg.optim.lr:g}?)")
         for group in self.optimizer.param_groups:
