@@ -11,6 +11,7 @@ apiece, and put this file far over its time budget. tests/test_cli_bad_inputs.py
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -334,3 +335,159 @@ def test_a_stray_rank_in_the_environment_does_not_make_folder_mode_skip_scans(ca
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_enhanced.json", "a_enhanced.nii.gz",
                                                                     "b_enhanced.json", "b_enhanced.nii.gz"]
+
+
+# ----------------------------------------------------------------------------- 4. bad input files and values
+
+BASE = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32) + 1
+
+
+def _raw_nifti(path: Path, data: np.ndarray = BASE, **fields) -> Path:
+    """``data`` as a NIfTI-1 file whose header fields are set as given and written byte for byte: nibabel's
+    own writer would fix or refuse most of the broken headers that these tests need."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(data.dtype)
+    header.set_data_shape(fields.pop("shape", data.shape))
+    header.set_sform(np.eye(4), code=1)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    for key, value in fields.items():
+        header[key] = value
+    blob = header.binaryblock + bytes(4) + data.tobytes(order="F")
+    path.write_bytes(gzip.compress(blob) if path.name.endswith((".gz", ".mgz")) else blob)
+    return path
+
+
+NAN = float("nan")
+RGB = np.zeros((8, 8, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+
+
+@pytest.mark.parametrize("name, data, fields, words", [
+    ("complex.nii.gz", BASE.astype(np.complex64), {}, "voxels are complex"),
+    ("rgb.nii.gz", RGB, {}, "voxels are RGB"),
+    ("code.nii", BASE, {"datatype": 999}, "data code 999 not recognized"),
+    ("pixdim.nii.gz", BASE, {"pixdim": [1, NAN, 1, 1, 1, 1, 1, 1], "sform_code": 0, "qform_code": 0}, "has NaN or Inf"),
+    ("sform.nii.gz", BASE, {"srow_x": [NAN, 0, 0, 0]}, "has NaN or Inf"),
+    ("zero.nii.gz", BASE, {"srow_x": [0] * 4, "srow_y": [0] * 4, "srow_z": [0] * 4, "qform_code": 0}, "is singular"),
+    ("inter.nii", BASE, {"scl_slope": 1.0, "scl_inter": NAN}, "invalid intercept"),
+    ("nifti.mgz", BASE, {}, "a NIfTI file named .mgz"),
+    ("huge.nii", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
+    ("huge.nii.gz", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
+    ("one.nii.gz", np.ones((1, 1, 1), np.float32), {}, "single-slice"),
+    ("negative.nii.gz", -BASE, {}, "no head or brain found"),
+    ("four.nii.gz", BASE[:4, :4, :4].copy(), {}, "no head or brain found"),
+])
+def test_broken_or_unusable_files_are_refused_by_name(capsys, tmp_path, name, data, fields, words):
+    bad = _raw_nifti(tmp_path / name, data, **fields)
+    _refused(capsys, tmp_path, f"{bad}: ", "evaluate", "--pred", bad, "--target", bad)
+    _refused(capsys, tmp_path, words, "evaluate", "--pred", bad, "--target", bad)
+
+
+@pytest.mark.parametrize("data", [-BASE, BASE[:4, :4, :4].copy()], ids=["negative", "four"])
+def test_simulate_refuses_an_image_without_a_head(capsys, tmp_path, data):
+    bad = _raw_nifti(tmp_path / "scan.nii.gz", data)
+    _refused(capsys, tmp_path, "no head or brain found", "simulate", bad, "-o", tmp_path / "out.nii.gz")
+
+
+@pytest.mark.parametrize("card", ["{ not json", "[1, 2]", "{}", "NO_SHA", "VOXEL_0", "VOXEL_ABC"])
+def test_a_broken_model_card_is_refused_by_name(tmp_path, card):
+    from diffiqt.errors import ConfigError
+    from diffiqt.pretrained import WEIGHTS_DIR, resolve_model, shipped_card
+
+    name, good = shipped_card("default")
+    text = {"NO_SHA": json.dumps({k: v for k, v in good.items() if k != "sha256"}),
+            "VOXEL_0": json.dumps({**good, "voxel_mm": 0}), "VOXEL_ABC": json.dumps({**good, "voxel_mm": "abc"})}.get(card, card)
+    _copy(WEIGHTS_DIR / f"{name}.safetensors", tmp_path / "mine.safetensors")
+    (tmp_path / "mine.json").write_text(text)
+    with pytest.raises(ConfigError, match="mine.json: not a valid model card") as err:
+        resolve_model("mine", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["enhance", "simulate"])
+def test_a_seed_beyond_64_bits_is_refused_before_any_work(capsys, tmp_path, data, command):
+    scan = _copy(data["lf"], tmp_path / "scan.nii.gz")
+    model = ("--model", data["checkpoint"]) if command == "enhance" else ()
+    _refused(capsys, tmp_path, "--seed", command, scan, "-o", tmp_path / "out.nii.gz", "--seed", 2**70, *model)
+
+
+def test_a_file_name_starting_with_a_dash_gets_a_one_line_hint_and_works_as_dot_slash(capsys, monkeypatch, tmp_path, data):
+    _copy(data["hf"], tmp_path / "-scan.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, tmp_path, "write ./-scan.nii.gz or put it after --", "simulate", "-scan.nii.gz", "-o", "out.nii.gz")
+    options = ("--no-upsample", "--snr-wm", 60, "--snr-gm", 50)
+    for args in (("./-scan.nii.gz", "-o", "out.nii.gz", *options), ("-o", "out2.nii.gz", *options, "--", "-scan.nii.gz")):
+        result = _cli(capsys, "simulate", *args)
+        assert result.returncode == 0, result.stderr
+
+
+def test_evaluate_refuses_a_report_in_a_folder_or_where_nothing_can_be_written(capsys, tmp_path, data):
+    scan = _copy(data["hf"], tmp_path / "hf.nii.gz")
+    (tmp_path / "folder").mkdir()
+    _refused(capsys, tmp_path, "is a folder", "evaluate", "--pred", scan, "--target", scan, "--csv", tmp_path / "folder")
+    _refused(capsys, tmp_path, "/proc: folder is not writable", "evaluate", "--pred", scan, "--target", scan,
+             "--csv", "/proc/scores.csv")
+
+
+def test_stale_part_files_of_ones_own_outputs_are_removed_and_others_kept(capsys, tmp_path, data):
+    scan = _copy(data["hf"], tmp_path / "hf.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".lf.nii.gz.k2j4x9q1.part.nii.gz", out / ".lf.json.abcd_123.part.json"]
+    kept = [out / ".other.nii.gz.k2j4x9q1.part.nii.gz", out / "lf.nii.gz.part"]
+    for path in stale + kept:
+        path.write_text("left by a killed run")
+    result = _cli(capsys, "simulate", scan, "-o", out / "lf.nii.gz", "--no-upsample", "--snr-wm", 60, "--snr-gm", 50)
+    assert result.returncode == 0, result.stderr
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+# ----------------------------------------------------------------------------- 2. wrong results: training settings
+
+TINY_SETTINGS = [arg for setting in (
+    "network.name=tiny", 'network.overrides={"width": 4}', "data.crop=[[60,124],[50,170],[50,114]]",
+    "data.block_size=24", "data.num_workers=0", "data.augment.enabled=false", "data.val_blocks=1",
+    "diffusion.sample_steps=1", "steps=2", "val_every=100") for arg in ("--set", setting)]
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("optim.lr=1e30", "optim.lr must be in (0, 1]"),
+    ("optim.lr=0", "optim.lr must be in (0, 1]"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be > 0"),
+    ("optim.betas=[2,0.9]", "optim.betas must be two numbers in [0, 1)"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+    ("steps=0", "steps must be >= 1"),
+    ("seed=18446744073709551616", "seed must be in [0, 2^63)"),
+    ("diffusion.sample_steps=0", "diffusion.sample_steps must be >= 1"),
+    ('data.val_sources=["mni152"]', "overlaps the training source 'mni152'"),
+    ("batch_size=100000", "batch_size 100000: blocks of 96 voxels need at least"),
+])
+def test_train_refuses_bad_settings_before_writing_anything(capsys, tmp_path, setting, words):
+    _refused(capsys, tmp_path, words, "train", "--out", tmp_path / "run", "--set", setting, "--no-progress")
+
+
+def test_val_sources_inside_a_training_folder_are_refused(tmp_path):
+    from diffiqt import config as configs
+    from diffiqt.errors import ConfigError
+
+    (tmp_path / "brains").mkdir()
+    (tmp_path / "brains" / "a.nii.gz").write_bytes(b"")
+    cfg = configs.resolve(assignments=(f'data.sources=["{tmp_path / "brains"}"]', f'data.val_sources=["{tmp_path / "brains" / "a.nii.gz"}"]'))
+    with pytest.raises(ConfigError, match="overlaps the training source"):
+        configs.validate(cfg)
+
+
+def test_train_refuses_an_out_that_is_a_file_or_cannot_be_made(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a run folder")
+    _refused(capsys, tmp_path, "not a folder", "train", "--out", tmp_path / "file", *TINY_SETTINGS, "--no-progress")
+    _refused(capsys, tmp_path, "/proc: folder is not writable", "train", "--out", "/proc/diffiqt-run",
+             *TINY_SETTINGS, "--no-progress")
+
+
+def test_resume_refuses_a_corrupt_log_before_writing_anything(capsys, tmp_path):
+    run = tmp_path / "run"
+    result = _cli(capsys, "train", "--out", run, *TINY_SETTINGS, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    (run / "train.csv").write_text("step,loss\nnot a number,1\n")
+    _refused(capsys, tmp_path, "train.csv: not a log this run can continue", "train", "--out", run, "--resume",
+             "--steps", 4, "--no-progress")

@@ -86,10 +86,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: corrupt or not a safetensors file ({reason})") from None
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """InputError if any tensor holds NaN or Inf: such a network computes NaN everywhere, and an optimizer
+    state like that makes every later step NaN; both are refused when loaded, not found after the work."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"{where}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf (first {bad[0]!r})")
+
+
 def load_weights(module: Network, path: Path) -> None:
-    """Load a safetensors file into ``module``, checking names and shapes first."""
+    """Load a safetensors file into ``module``, checking names, shapes and finiteness first."""
     tensors = read_tensors(path)
     check_fits(module, tensors, str(path))
+    check_finite(tensors, str(path))
     module.load_state_dict(tensors)
 
 

@@ -269,7 +269,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, assignmen
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Checks that need more than types (ranges, names); returns ``cfg``."""
     checks = [
-        (cfg.steps >= 0 and cfg.seed >= 0, "steps and seed must be >= 0"),
+        (cfg.steps >= 1, "steps must be >= 1"),
+        (0 <= cfg.seed < 2**63, "seed must be in [0, 2^63)"),  # torch takes 64-bit seeds, and a step seed is derived
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
         (cfg.data.block_size >= 8, "data.block_size must be >= 8"),
         (cfg.data.pool_size >= 1 and cfg.data.refresh_every >= 1, "data.pool_size and data.refresh_every must be >= 1"),
@@ -286,9 +287,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                                           and min(cfg.data.source_weights) >= 0 and sum(cfg.data.source_weights) > 0),
          "data.source_weights must give one non-negative weight per source (not all zero), or be empty"),
         (cfg.max_minutes is None or cfg.max_minutes > 0, "max_minutes must be > 0 (or null: no time limit)"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        # Adam moves each weight by about lr per step, and the weights are of order 1: above 1 the run diverges.
+        (0.0 < cfg.optim.lr <= 1.0, "optim.lr must be in (0, 1]"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.optim.grad_clip > 0, "optim.grad_clip must be > 0 (the largest gradient norm a step may take)"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),
-        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),
+        (len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas),
+         "optim.betas must be two numbers in [0, 1)"),
         (cfg.diffusion.sample_steps >= 1, "diffusion.sample_steps must be >= 1"),
         (min(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.keep_checkpoints) >= 1,
          "log_every, val_every, checkpoint_every and keep_checkpoints must be >= 1"),
@@ -299,6 +305,22 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    overlap = _overlapping_sources(cfg.data.sources, cfg.data.val_sources)
+    if overlap is not None:
+        raise ConfigError(f"data.val_sources {overlap[1]!r} overlaps the training source {overlap[0]!r}: validation "
+                          "must be on brains the model does not train on")
     if cfg.data.crop is not None and (len(cfg.data.crop) != 3 or any(len(r) != 2 or r[0] >= r[1] for r in cfg.data.crop)):
         raise ConfigError("data.crop must be [[x0, x1], [y0, y1], [z0, z1]] with x0 < x1 etc.")
     return cfg
+
+
+def _overlapping_sources(sources: list[str], val_sources: list[str]) -> tuple[str, str] | None:
+    """A (training, validation) pair of sources that name the same brains: one name, one file, or a file or
+    folder inside the other's folder."""
+    for train in sources:
+        for val in val_sources:
+            a, b = Path(train).resolve(), Path(val).resolve()
+            on_disk = a.exists() and b.exists()  # a bundled name is no path: only equal names overlap then
+            if train == val or (on_disk and (a == b or a in b.parents or b in a.parents)):
+                return train, val
+    return None

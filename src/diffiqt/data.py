@@ -389,7 +389,16 @@ def make_loader(stream: BlockStream) -> DataLoader:
     """A DataLoader over ``stream`` with its configured workers (batches are built by the stream)."""
     workers = stream.cfg.num_workers
     return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                      prefetch_factor=2 if workers else None)
+                      prefetch_factor=2 if workers else None, worker_init_fn=_ignore_stop_signals if workers else None)
+
+
+def _ignore_stop_signals(worker: int) -> None:
+    """Ctrl-C reaches the workers too; they leave stopping to the training process, which stops at a step's end
+    (a worker that quit at once would make the training process fail on its next batch)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def validation_blocks(samples: list[BrainSample], cfg: DataConfig, seed: int) -> dict[str, torch.Tensor]:

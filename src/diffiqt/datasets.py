@@ -229,7 +229,15 @@ def load_user_volume(path: str | os.PathLike) -> BrainSample:
                 raise InputError(f"{tissue_paths[t]}: tissue map is not on the grid of {path}")
         tissues = TissueMaps(**{t: v.with_data(np.clip(v.data, 0, 1)) for t, v in maps.items()})
     skull_stripped = looks_skull_stripped(t1.data)
-    return BrainSample(path.name, t1, tissues, intensity_mask(t1.data, skull_stripped=skull_stripped), skull_stripped)
+    mask = intensity_mask(t1.data, skull_stripped=skull_stripped)
+    check_head(mask, path)
+    return BrainSample(path.name, t1, tissues, mask, skull_stripped)
+
+
+def check_head(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse an image in which no head was found: every later step would work on an empty set of voxels."""
+    if not mask.any():
+        raise InputError(f"{path}: no head or brain found (the mask is empty: is the image tiny, negative or blank?)")
 
 
 def looks_skull_stripped(data: np.ndarray) -> bool:

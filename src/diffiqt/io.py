@@ -13,7 +13,10 @@ from a pairs file (:mod:`diffiqt.presimulated`), which needs :class:`Volume` and
 from __future__ import annotations
 
 import gzip
+import logging
+import math
 import os
+import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     import nibabel as nib
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
+DEFLATE_MAX_RATIO = 1032  # deflate (gzip) never compresses more than this: a bound on what a .gz file can hold
 
 
 @dataclass(frozen=True)
@@ -119,16 +123,32 @@ def _read_image(path: Path):
     import nibabel as nib
 
     _check_file(path)
+    # nibabel logs the header problems it fixes or refuses on stderr: the refusal below is to be the one line.
+    logger, level = nib.imageglobals.logger, nib.imageglobals.logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         # nib.load is typed to return any file-based image; the NIfTI/MGZ suffixes checked above are spatial.
         img = cast("nib.spatialimages.SpatialImage", nib.load(str(path)))
-        data = _as_3d_shape(img.shape, path) and img.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf, refused by the caller
+            data = _as_3d_shape(img.shape, path) and _check_header(img, path) and img.get_fdata(dtype=np.float32)
+    except _read_errors() as exc:
         raise _unreadable(path, exc) from None
+    finally:
+        logger.setLevel(level)
     return img, data
 
 
-def _unreadable(path: Path, exc: Exception) -> InputError:
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What nibabel and the decompressors raise for a file that is not a readable image."""
+    import nibabel as nib
+
+    return (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, nib.freesurfer.mghformat.MGHError,
+            EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError)
+
+
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    if _nifti_named_mgh(path):
+        return InputError(f"{path}: a NIfTI file named {split_image_name(path)[1]}; rename it .nii.gz or .nii")
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return InputError(f"{path}: cannot be read as NIfTI/MGZ ({reason})")
 
@@ -145,8 +165,21 @@ def check_image(path: str | os.PathLike) -> None:
     _check_file(path)
     try:
         _as_3d_shape(cast("nib.spatialimages.SpatialImage", nib.load(str(path))).shape, path)
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+    except _read_errors() as exc:
         raise _unreadable(path, exc) from None
+
+
+def _nifti_named_mgh(path: Path) -> bool:
+    """Does a file named .mgz/.mgh hold a NIfTI header (magic 'n+1' at byte 344), gzipped or not?"""
+    if not path.name.lower().endswith((".mgz", ".mgh")):
+        return False
+    try:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as handle:
+            return handle.read(348)[344:348] in (b"n+1\0", b"ni1\0")
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 def _as_3d_shape(shape: tuple[int, ...], path: Path) -> bool:
@@ -163,6 +196,35 @@ def _as_3d_shape(shape: tuple[int, ...], path: Path) -> bool:
     if min(shape) < 2:
         raise InputError(f"{path}: a single-slice image (shape {shape}); a 3D volume is needed")
     return True
+
+
+def _check_header(img, path: Path) -> bool:
+    """Refuse, before reading any voxel, a header whose image would be silently wrong or would not fit in memory."""
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "biuf":  # reading complex voxels as float would drop the imaginary part unnoticed
+        what = "complex" if dtype.kind == "c" else "RGB" if dtype.fields else "not numbers"
+        raise InputError(f"{path}: its voxels are {what} ({dtype}); a real-valued (magnitude) image is needed")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: the header's voxel-to-world transform (sform/qform/pixdim) has NaN or Inf")
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(sizes > 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * np.prod(sizes):
+        raise InputError(f"{path}: the header's voxel-to-world transform is singular (a zero sform, or zero voxel sizes)")
+    _check_declared_size(img, path, dtype)
+    return True
+
+
+def _check_declared_size(img, path: Path, dtype: np.dtype) -> None:
+    """The file can hold the array its header declares: nibabel would otherwise allocate the declared array before
+    finding the file too short (30000 x 30000 x 2 float32 is 7 GB, from a header in a 1 kB file)."""
+    declared = int(getattr(img.dataobj, "offset", 0)) + math.prod(int(n) for n in img.shape) * dtype.itemsize
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+    if declared > (size * DEFLATE_MAX_RATIO if compressed else size):
+        raise InputError(f"{path}: the header declares {'x'.join(map(str, img.shape))} voxels of {dtype} "
+                         f"({declared / 1e6:.6g} MB) but the {'compressed ' if compressed else ''}file has {size} bytes; "
+                         "it is truncated or its header is wrong")
 
 
 def check_finite_nonempty(data: np.ndarray, where: str) -> None:
@@ -227,17 +289,27 @@ def check_output_path(out: str | os.PathLike, inputs=()) -> Path:
     for inp in inputs:
         if inp is not None and Path(inp).resolve() == resolved:
             raise OutputError(f"{out}: output path is the input file; refusing to overwrite it")
-    _check_folder(resolved.parent)
+    check_folder(resolved.parent)
     return out
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """The folder an output goes to (or its nearest existing ancestor, where it will be created) is writable."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{existing}: not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise OutputError(f"{existing}: folder is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Can a file be made in ``folder``? For root, os.access says yes everywhere, /proc included; a trial file
+    (removed at once) tells before the work rather than after it."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iterable[str | os.PathLike],
@@ -248,6 +320,7 @@ def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iter
     (any of them, not only its own: in folder mode ``a_enhanced.nii.gz`` may be another scan); two
     outputs that are one file (the sidecars of ``x.nii`` and ``x.nii.gz`` are both ``x.json``); an
     output that is a folder; an output that exists, unless ``force``; an unwritable folder.
+    When nothing is refused, temporary files that a killed earlier run left for these outputs are removed.
     """
     protected = {Path(p).resolve() for p in inputs}
     owners: dict[Path, str] = {}
@@ -263,7 +336,23 @@ def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iter
             raise OutputError(f"{out}: is a folder; an output file is needed")
         if out.exists() and not force:
             raise OutputError(f"{out}: already exists; give --force to replace it")
-        _check_folder(resolved.parent)
+        check_folder(resolved.parent)
+    for out in owners:
+        for part in stale_parts(out):
+            part.unlink(missing_ok=True)
+
+
+def stale_parts(path: Path) -> list[Path]:
+    """Temporary files of :func:`atomic_write` for ``path`` (what a run killed while writing it leaves behind)."""
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]+" + re.escape(f".part{_part_suffix(path)}"))
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+
+
+def _part_suffix(path: Path) -> str:
+    """The suffix a temporary file for ``path`` keeps, so that nibabel writes it in the same format."""
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
 
 
 def _current_umask() -> int:
@@ -300,8 +389,7 @@ class OutputGroup:
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{_part_suffix(path)}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

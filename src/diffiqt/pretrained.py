@@ -117,7 +117,7 @@ def resolve_model(spec: str | Path, folder: Path = WEIGHTS_DIR) -> ModelRef:
 
 def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
     """(network with the shipped weights in float32, card); the SHA-256 is checked first."""
-    from diffiqt.checkpoint import build_network, check_fits
+    from diffiqt.checkpoint import build_network, check_finite, check_fits
 
     name, card = shipped_card(name, folder)
     weights = folder / f"{name}.safetensors"
@@ -128,6 +128,7 @@ def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
     tensors = {k: v.float() for k, v in load_file(str(weights), device="cpu").items()}
     net = build_network(card["network"])
     check_fits(net, tensors, str(weights))
+    check_finite(tensors, str(weights))
     net.load_state_dict(tensors)
     return net.eval(), card
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,15 +32,15 @@ from torch import Tensor, nn
 
 from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
-from diffiqt.checkpoint import (Checkpoint, build_network, check_fits, list_checkpoints, load_weights,
-                                prune_checkpoints, read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
+from diffiqt.checkpoint import (Checkpoint, build_network, check_finite, check_fits, list_checkpoints, prune_checkpoints,
+                                read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
 from diffiqt.config import DataConfig, DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
 from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, Pair, StoredPairStream, make_loader,
                           make_pair, model_voxel_mm, training_and_validation, validation_blocks)
 from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
-from diffiqt.errors import ConfigError, DiffiqtError
-from diffiqt.io import save_json
+from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
+from diffiqt.io import check_folder, save_json
 from diffiqt.nets.base import Network
 from diffiqt.nets.linear_iqt import LinearIQT
 from diffiqt.presimulated import read_pairs_file
@@ -46,12 +50,21 @@ LINEAR_IQT_STREAM = 7  # keeps the seeds of fit_linear_iqt's pairs apart from ot
 # Keys a resumed run may change: none of them alters what is computed.
 RESUMABLE_KEYS = {"steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints",
                   "tensorboard"}
+LOGS = ("train.csv", "val.csv")
+LOCK_FILE = ".lock"  # in the run folder: held (flock) by the process training there
+# Bytes per voxel of a training block that a step needs at the least (target, condition, mask, noise, the noisy
+# input, the prediction and their gradients, as float32): the floor of an estimate, whatever the network.
+MIN_BYTES_PER_VOXEL = 48
 NORMALISATION = {"method": "lf-percentile", "map": "x / scale", "percentile": SCALE_PERCENTILE,
                  "foreground": f"lf > {FOREGROUND_FRACTION} * percentile(lf, 99.5)"}
 
 
 class TrainingInterrupted(DiffiqtError):
-    """Training was stopped (Ctrl-C) before it finished."""
+    """Training was stopped (Ctrl-C, SIGTERM) before it finished."""
+
+
+class TrainingDiverged(DiffiqtError):
+    """The loss or the gradient became NaN or infinite: the step is not taken and the run stops."""
 
 
 @dataclass
@@ -191,10 +204,7 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: list[str], resume_step: int | None):
         self.path, self.columns = path, columns
-        rows = []
-        if resume_step is not None and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        rows = log_rows(path, resume_step) if resume_step is not None else []
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
@@ -203,6 +213,18 @@ class CsvLog:
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow({k: _csv_value(row.get(k)) for k in self.columns})
+
+
+def log_rows(path: Path, up_to_step: int) -> list[dict]:
+    """The rows of a CSV log (none if it is missing) up to step ``up_to_step``; InputError if it is no such log."""
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+    except (ValueError, TypeError, KeyError, csv.Error, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a log this run can continue ({reason}); move it away to resume") from None
 
 
 def _csv_value(value):
@@ -240,20 +262,96 @@ def check_resumable(cfg: TrainConfig, ckpt: Checkpoint) -> None:
                               f"({saved.get(key)!r}, now {now.get(key)!r})")
 
 
-def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> Checkpoint | None:
-    """Check the run folder, then (rank 0) write the resolved config; return the checkpoint to resume from."""
+def check_run_folder(out: Path) -> None:
+    """Before any work: ``out`` is a folder, or can be made one."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: not a folder; --out is the run folder")
+    check_folder(out)
+
+
+def check_batch_memory(cfg: TrainConfig) -> None:
+    """Refuse a batch whose blocks alone would exceed this machine's memory (a slip like batch_size=100000
+    would otherwise swap the machine to a halt before failing)."""
+    side = cfg.data.block_size
+    need = cfg.batch_size * side * side * (cfg.data.slice_block or side) * MIN_BYTES_PER_VOXEL
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise ConfigError(f"batch_size {cfg.batch_size}: blocks of {side} voxels need at least {need / 1e9:.3g} GB a "
+                          f"step, more than this machine's {memory / 1e9:.3g} GB; lower batch_size or data.block_size")
+
+
+def lock_run_folder(out: Path):
+    """An exclusive lock on ``out/.lock`` for as long as the returned file stays open (the pid of its holder is in
+    the file). The system drops the lock when its process ends, however it ends, so a killed run blocks nothing."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"{out}: another process (pid {holder}) is training in this run folder; wait for it to "
+                          "stop, or stop it first") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, net: Network):
+    """Check and lock the run folder, then (rank 0) write the resolved config.
+
+    Returns (the lock, to keep open while training; None on other ranks) and (the checkpoint to resume from
+    and its tensors, or None).
+    """
     out = Path(out)
-    ckpt = None
     if not resume and ((out / "config.json").exists() or list_checkpoints(out)):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and list_checkpoints(out):  # a run stopped before its first checkpoint starts afresh
-        ckpt = read_checkpoint(out)
-        check_resumable(cfg, ckpt)
-    dist.barrier()  # every process has looked at the folder before rank 0 writes to it
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(cfg.to_dict(), out / "config.json")
-    return ckpt
+    try:
+        lock = lock_run_folder(out) if dist.is_main() else None
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
+    try:
+        # A run stopped before its first checkpoint starts afresh.
+        resume_from = newest_sound_checkpoint(out, cfg, net) if resume and list_checkpoints(out) else None
+        for log in LOGS:  # read before anything is written, so that a refused resume changes nothing
+            log_rows(out / log, resume_from[0].step if resume_from else 0)
+        dist.barrier()  # every process has looked at the folder before rank 0 writes to it
+        if dist.is_main():
+            save_json(cfg.to_dict(), out / "config.json")
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    return lock, resume_from
+
+
+def newest_sound_checkpoint(out: Path, cfg: TrainConfig, net: Network) -> tuple[Checkpoint, dict]:
+    """The newest checkpoint of ``out`` that reads back whole, and its tensors ({"model", "ema", "optimizer"}).
+
+    A corrupt newer one (a disk error, a copy cut short) is passed over with a one-line warning; if none is
+    sound, the newest one's error is raised. A checkpoint of other settings is an error, never passed over.
+    """
+    errors = []
+    for folder in reversed(list_checkpoints(out)):
+        try:
+            ckpt = read_checkpoint(folder)
+            check_resumable(cfg, ckpt)
+            tensors = {name: read_tensors(folder / f"{name}.safetensors") for name in ("model", "ema", "optimizer")}
+            for name in ("model", "ema"):
+                check_fits(net, tensors[name], str(folder / f"{name}.safetensors"))
+            for name, found in tensors.items():
+                check_finite(found, str(folder / f"{name}.safetensors"))
+        except InputError as exc:
+            errors.append(exc)
+            continue
+        if errors and dist.is_main():
+            print(f"diffiqt: warning: {errors[0]}; resuming from the previous sound checkpoint, {folder.name}", file=sys.stderr)
+        return ckpt, tensors
+    raise errors[0]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -290,6 +388,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool, progress: bool):
         self.cfg, self.out, self.show_progress = validate(cfg), Path(out), progress
+        check_batch_memory(cfg)
+        check_run_folder(self.out)
         self.device = resolve_device(cfg.device)
         dist.init(self.device.type)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -316,29 +416,44 @@ class Trainer:
             initial, network, residual_sigma = initial_weights(cfg.init_from)
             check_initial(cfg, self.net, network, residual_sigma)
             check_fits(self.net, initial, cfg.init_from)
-        ckpt = prepare_run_dir(self.out, cfg, resume)
-        if ckpt is None and initial is not None:
+        self.lock, resume_from = prepare_run_dir(self.out, cfg, resume, self.net)
+        try:
+            self._start(train, initial, resume_from)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, train: list, initial: dict | None, resume_from: tuple[Checkpoint, dict] | None) -> None:
+        """Weights (initial, or the checkpoint's), EMA, optimizer and data stream, at the step to start from."""
+        cfg = self.cfg
+        if resume_from is None and initial is not None:
             self.net.load_state_dict(initial)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
                                            weight_decay=cfg.optim.weight_decay)
         self.step = 0
         self.last_checkpoint: Path | None = None
-        if ckpt is not None:
-            self._restore(ckpt)
+        if resume_from is not None:
+            self._restore(*resume_from)
         self.model = self._wrap_ddp()
         shard = train[self.rank::self.world] if len(train) >= self.world else train
         stream: Callable[..., BlockStream] = StoredPairStream if cfg.data.pairs_file else BlockStream
         self.stream = stream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
 
-    def _restore(self, ckpt: Checkpoint) -> None:
-        load_weights(self.net, ckpt.folder / "model.safetensors")
-        load_weights(self.ema.module, ckpt.folder / "ema.safetensors")
+    def _restore(self, ckpt: Checkpoint, tensors: dict) -> None:
         groups = ckpt.meta.get("optimizer", {}).get("param_groups")
         if groups is None:
             raise ConfigError(f"{ckpt.folder}: no optimizer state; it cannot be resumed")
-        restore_optimizer(self.optimizer, read_tensors(ckpt.folder / "optimizer.safetensors"), groups)
+        self.net.load_state_dict(tensors["model"])
+        self.ema.module.load_state_dict(tensors["ema"])
+        restore_optimizer(self.optimizer, tensors["optimizer"], groups)
         self.step, self.last_checkpoint = ckpt.step, ckpt.folder
+
+    def close(self) -> None:
+        """Release the run folder."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world == 1:
@@ -358,6 +473,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        # A NaN step would make every weight NaN, and every later checkpoint with it: stop before taking it.
+        finite = bool(torch.isfinite(loss.detach()) and torch.isfinite(grad_norm))
+        if dist.mean_over_ranks(float(not finite), self.device) > 0:  # every rank stops at the same step
+            saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {float(loss.detach()):.3g} and the "
+                                   f"gradient norm {float(grad_norm):.3g}; the step was not taken and {saved} "
+                                   f"(a lower optim.lr than {self.cfg.optim.lr:g}?)")
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         self.optimizer.step()
@@ -383,7 +505,8 @@ class Trainer:
     def run(self) -> TrainResult:
         logs = Logs(self.out, self.cfg, self.step) if self.rank == 0 else None
         try:
-            self._loop(logs)
+            with StopSignals() as stop:
+                self._loop(logs, stop)
         except KeyboardInterrupt:
             where = f"step {self.step}"
             saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
@@ -391,9 +514,12 @@ class Trainer:
         finally:
             if logs is not None:
                 logs.close()
+        if stop.name is not None:
+            raise TrainingInterrupted(f"training stopped by {stop.name} at step {self.step}; last checkpoint: "
+                                      f"{self.last_checkpoint} (continue with --resume)")
         return TrainResult(self.out, self.step, self.last_checkpoint, self.val)
 
-    def _loop(self, logs: Logs | None) -> None:
+    def _loop(self, logs: Logs | None, stop: StopSignals) -> None:
         cfg = self.cfg
         batches = iter(make_loader(self.stream))
         with ProgressBar(cfg.steps, self.step, enabled=self.show_progress and self.rank == 0) as bar:
@@ -414,9 +540,10 @@ class Trainer:
                     self.validate()
                     if logs is not None:
                         logs.validation(self.val)
-                if self.step % cfg.checkpoint_every == 0 or last:
+                stopping = dist.mean_over_ranks(float(stop.name is not None), self.device) > 0
+                if self.step % cfg.checkpoint_every == 0 or last or stopping:
                     self.checkpoint()
-                if last:
+                if last or stopping:
                     break
 
     def _out_of_time(self, elapsed_s: float) -> bool:
@@ -424,6 +551,33 @@ class Trainer:
         if self.cfg.max_minutes is None:
             return False
         return dist.mean_over_ranks(float(elapsed_s >= 60.0 * self.cfg.max_minutes), self.device) > 0
+
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what schedulers send) ask the loop to stop at the end of the
+    current step, with a checkpoint; ``name`` is the first signal's name. A second signal stops at once.
+
+    Stopping at a step boundary is what lets a busy step finish and its checkpoint be written; a
+    KeyboardInterrupt raised anywhere inside a step could be lost in a data worker or library code.
+    """
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.name is not None:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class Window:
@@ -448,8 +602,8 @@ class Logs:
 
     def __init__(self, out: Path, cfg: TrainConfig, resume_step: int):
         resume = resume_step if resume_step > 0 else None
-        self.train_csv = CsvLog(out / "train.csv", ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
-        self.val_csv = CsvLog(out / "val.csv", ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
+        self.train_csv = CsvLog(out / LOGS[0], ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
+        self.val_csv = CsvLog(out / LOGS[1], ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
         self.board = None
         if cfg.tensorboard:
             try:
@@ -510,9 +664,13 @@ class ProgressBar:
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or, with ``resume``, continue) the run in ``out``; returns where it stopped."""
+    trainer = None
     try:
-        return Trainer(cfg, Path(out), resume, progress).run()
+        trainer = Trainer(cfg, Path(out), resume, progress)
+        return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.close()
         dist.close()
 
 

@@ -7,7 +7,10 @@ Each command lives in its own module and registers on :data:`app`. Heavy imports
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+import typer
 
 from diffiqt.cli.app import app
 # Command modules register themselves on `app` when imported.
@@ -22,17 +25,32 @@ from diffiqt.cli import simulate as _simulate  # noqa: F401
 from diffiqt.cli import train as _train  # noqa: F401
 from diffiqt.errors import DiffiqtError
 
+from typer._click import exceptions as click_exceptions  # typer >= 0.22 carries its own click
+
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2.
+    """Entry point: user and usage errors become one line on stderr and exit status 2.
 
-    Usage errors and Ctrl-C are reported by typer/click itself (exit 2 and 1).
-    Set DIFFIQT_DEBUG=1 to see the full traceback of unexpected errors.
+    SIGTERM (what schedulers and ``kill`` send) stops a command as Ctrl-C does (exit 130), so that its
+    partial outputs are removed the same way. Set DIFFIQT_DEBUG=1 to see the full traceback of unexpected errors.
     """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_exceptions.UsageError as exc:
+        print(f"diffiqt: error: {usage_message(exc, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
     except DiffiqtError as exc:
         print(f"diffiqt: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -41,3 +59,20 @@ def main() -> None:
             raise
         print(f"diffiqt: internal error: {type(exc).__name__}: {exc} (set DIFFIQT_DEBUG=1 for details)", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def usage_message(exc, args: list[str]) -> str:
+    """A usage error on one line; an unknown option that is a file name starting with '-' says how to give it."""
+    from diffiqt.io import has_image_suffix
+
+    message = " ".join(exc.format_message().split())
+    dashed = [a for a in args if a.startswith("-") and has_image_suffix(a)]
+    if isinstance(exc, click_exceptions.NoSuchOption) and dashed:
+        return f"{message}: to name the file {dashed[0]!r}, write ./{dashed[0]} or put it after --"
+    command = exc.ctx.command_path if exc.ctx is not None else "diffiqt"
+    return f"{message} (see {command} -h)"

@@ -31,6 +31,14 @@ def progress() -> Iterator[Progress]:
             raise
 
 
+def check_seed(seed: int) -> None:
+    """A seed torch and numpy both take: 0 to 2^63 - 1 (a larger one would fail deep inside, after the work began)."""
+    from diffiqt.errors import ConfigError
+
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed}: must be in [0, 2^63)")
+
+
 def seed_for(seed: int, name: str) -> np.random.Generator:
     """A generator that depends on the run's seed and one item's name, not on its position in a folder."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))

@@ -45,7 +45,7 @@ def enhance(
     """
     from diffiqt import distributed
     from diffiqt.cli.bids import bids_mode, enhance_dataset
-    from diffiqt.cli.common import console, progress
+    from diffiqt.cli.common import check_seed, console, progress
     from diffiqt.datasets import list_user_folder
     from diffiqt.diffusion import SAMPLERS
     from diffiqt.enhance import EnhanceOptions, load_model
@@ -59,6 +59,7 @@ def enhance(
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if (steps is not None and steps < 1) or samples < 1 or (max_voxels is not None and max_voxels < 1):
         raise ConfigError("--steps, --samples and --max-voxels must be at least 1")
+    check_seed(seed)
     target_device = distributed.resolve_device(device)
     ref = resolve_model(model)
     if bids_mode(source, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py

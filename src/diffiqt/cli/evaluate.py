@@ -29,7 +29,7 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
     """Metrics of one pair; the prediction is resampled (cubic) onto the target's grid if needed."""
     import numpy as np
 
-    from diffiqt.datasets import intensity_mask, looks_skull_stripped
+    from diffiqt.datasets import check_head, intensity_mask, looks_skull_stripped
     from diffiqt.errors import InputError
     from diffiqt.figures import montage
     from diffiqt.io import load_volume
@@ -52,6 +52,7 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
         mask = mask_volume.data > 0.5
     else:
         mask = intensity_mask(target.data, skull_stripped=looks_skull_stripped(target.data))
+    check_head(mask, mask_path or target_path)
     row = {"pred": str(pred_path), "target": str(target_path), **evaluate(pred.data, target.data, mask, segmentation=segmentation)}
     if png is not None:
         error = target.with_data(pred.data - target.data)

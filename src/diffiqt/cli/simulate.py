@@ -57,11 +57,12 @@ def simulate(
 
     from diffiqt import datasets
     from diffiqt.cli.bids import bids_mode, simulate_dataset
-    from diffiqt.cli.common import progress, seed_for
+    from diffiqt.cli.common import check_seed, progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
     from diffiqt.io import check_output_path, check_outputs, split_image_name
 
     axis_index = parse_axis(axis)
+    check_seed(seed)
     path = Path(source)
     if bids_mode(path, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
         params = partial(lowfield_params, thickness=thickness, gap=gap, factor=factor, axis=axis_index, snr_wm=snr_wm, snr_gm=snr_gm)
