@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import typer
 
@@ -11,7 +12,7 @@ from diffiqt.cli.app import app
 
 @app.command()
 def enhance(
-    source: Path = typer.Argument(..., help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them."),
+    sources: List[Path] = typer.Argument(..., metavar="SOURCE...", help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them; or 2-3 scans of one session (any slice directions), fused into one volume."),
     out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
     model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
     steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
@@ -22,6 +23,8 @@ def enhance(
     max_voxels: int = typer.Option(None, help="Evaluate the network in chunks of at most this many voxels (same result, less memory)."),
     png: bool = typer.Option(False, help="Also write a PNG montage (LF | enhanced | std) as *_montage.png."),
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
+    fusion: str = typer.Option("fourier", help="Several scans: fourier (each scan weighted by the frequencies its slices resolve) or mean."),
+    register: bool = typer.Option(True, help="Several scans: rigidly register each enhanced scan to the first (needs SimpleITK: pip install 'diffiqt[bench]')."),
 ) -> None:
     """Enhance low-field brain MRI with a trained DiffusionIQT model.
 
@@ -38,6 +41,7 @@ def enhance(
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small\n
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small --samples 4 --png\n
       diffiqt enhance lf_folder/ -o enhanced/ --model runs/cpu-small\n
+      diffiqt enhance ax.nii.gz cor.nii.gz sag.nii.gz -o fused.nii.gz   (one volume from three scans; see docs/usage.md)\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
     from diffiqt import distributed
@@ -57,6 +61,12 @@ def enhance(
         raise ConfigError("--steps, --samples and --max-voxels must be at least 1")
     target_device = distributed.resolve_device(device)
     ref = resolve_model(model)
+    if len(sources) > 1:
+        from diffiqt.cli.fusion import enhance_fused
+
+        options = EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels)
+        return enhance_fused(sources, out, ref, options, fusion, register, png, force)
+    source = sources[0]
     folder_mode = source.is_dir()
     if folder_mode:
         if out.suffix:
