@@ -5,7 +5,7 @@ peer of :mod:`diffiqt.bench.peers` and the cubic baseline (:func:`diffiqt.resamp
 interpolates the same scan onto the 1 mm model grid, timed, and is scored inside the brain under the
 strict and fit protocols (:mod:`diffiqt.metrics`).
 
-    python scripts/peers_bench.py --out runs/peers.json
+    python scripts/peers_bench.py --out runs/peers.json   (or one process per axis: --axes 2 --out ...)
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brain", default="colin27-brain")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--axes", type=int, nargs="+", default=list(AXES), help="slice axes: 2 axial, 0 sagittal, 1 coronal")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = []
-    for axis, name in AXES.items():
+    for axis in args.axes:
+        name = AXES[axis]
         case = held_out_case(args.brain, seed=args.seed, axis=axis)
         for label, peer in METHODS.items():
             begin = time.perf_counter()
