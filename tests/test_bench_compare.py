@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from diffiqt.nets import build_network
 needs_colin27 = pytest.mark.skipif(not colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
 SMOKE_METHODS = ["interpolation", "linear-iqt", "unet", "diffiqt"]
 DIFFUSION_METHODS = ("diffiqt", "no-crossbatch", "no-deepfeature-no-crossbatch")
+PEER_METHODS = ("bspline", "bspline5", "lanczos")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,13 +71,15 @@ def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_meth
 def test_an_equal_budget_gives_every_trained_method_the_same_examples_data_and_seeds(name):
     budget = compare.BUDGETS[name]
     configs = trained_configs(budget)
-    assert set(configs) == set(compare.METHODS) - {"interpolation", "linear-iqt"}
+    assert set(configs) == set(compare.METHODS) - {"interpolation", "linear-iqt", *PEER_METHODS}
     examples = {m: (c.steps * c.batch_size, c.data.block_size) for m, c in configs.items()}
     assert set(examples.values()) == {(budget.examples, budget.block_size)}
     without_network = [{k: v for k, v in c.to_dict().items() if k != "network"} for c in configs.values()]
     assert all(settings == without_network[0] for settings in without_network)
     with torch.device("meta"):  # the paper-size networks are built without allocating their weights
         for method, (network, settings) in budget.networks.items():
+            if compare.peer(budget, method):
+                continue  # no network: tested below
             assert build_network(network, **settings).needs_time == (method in DIFFUSION_METHODS)
 
 
@@ -94,6 +98,39 @@ def test_unknown_budget_or_method_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown method 'gan'"):
         compare.parse_methods("unet,gan")
     assert compare.parse_methods("diffiqt, interpolation") == ["interpolation", "diffiqt"]  # the report's order
+
+
+# ----------------------------------------------------------------------------- the classical peers
+
+def test_the_peers_give_the_model_grid_and_a_bspline_beats_nearest_neighbour_on_a_smooth_volume():
+    pytest.importorskip("SimpleITK")
+    from diffiqt.bench.peers import interpolate
+    from diffiqt.io import Volume
+    from diffiqt.resample import shared_extent, to_isotropic
+
+    # A smooth truth on a 1 mm grid, and its every 6th axial slice as a thick-slice scan.
+    i, j, k = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in (40, 36, 60)), indexing="ij")
+    truth = 100 + 40 * np.sin(i / 5.0) * np.cos(j / 7.0) * np.sin(k / 6.0 + 0.3)
+    affine = np.diag([1.0, 1.0, 6.0, 1.0])
+    affine[:3, 3] = (-20.0, 10.0, -30.0)
+    scan = Volume(truth[:, :, ::6], affine)
+    errors = {}
+    for method in (*PEER_METHODS, "nearest"):
+        network = "sitk-nearest" if method == "nearest" else compare.BUDGETS["cpu"].networks[method][0]
+        out = interpolate(scan, 1.0, network)
+        assert out.shape == to_isotropic(scan, 1.0).shape and np.allclose(out.affine, to_isotropic(scan, 1.0).affine)
+        common = shared_extent(out.shape, truth.shape)
+        inner = (slice(None), slice(None), slice(0, 48))  # where the slices are, not the edge values past the last
+        errors[method] = float(np.sqrt(np.mean((out.data[common][inner] - truth[common][inner]) ** 2)))
+    assert errors["bspline"] < 0.5 * errors["nearest"] and errors["lanczos"] < 0.5 * errors["nearest"], errors
+    assert np.allclose(interpolate(scan, 1.0, "sitk-bspline").data[:, :, ::6][:, :, :8], scan.data[:, :, :8], atol=1e-2)  # it interpolates
+
+
+def test_the_peers_are_untrained_bench_methods_in_every_budget():
+    for budget in compare.BUDGETS.values():
+        assert all(compare.peer(budget, m) and not compare.trains(budget, m) and not compare.fitted(budget, m)
+                   for m in PEER_METHODS)
+        assert not compare.peer(budget, "interpolation") and not compare.peer(budget, "linear-iqt")
 
 
 # ----------------------------------------------------------------------------- the report

@@ -80,6 +80,63 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
     return HeldOutCase(name, sample.t1, result.lf, brain, sample.mask | brain, info)
 
 
+@dataclass
+class MultiScanCase:
+    """One real brain and several thick-slice scans of it (one session), each with its own noise."""
+
+    case: HeldOutCase  # the brain, its masks and the first scan (the reference of a fusion)
+    scans: list[Volume]  # thick slices on their own grids, the first is ``case.lf``
+    motion: dict  # scan index -> (degrees, mm) of the head movement simulated before that scan
+
+
+def head_motion(degrees: float, mm: float, centre: np.ndarray) -> np.ndarray:
+    """4x4 world transform of a head nodding by ``degrees`` (about the left-right axis through ``centre``)
+    and moving ``mm`` forward: the usual movement between the scans of a session."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre - rotation @ centre + np.array([0.0, mm, 0.0])
+    return motion
+
+
+def moved(volume: Volume, motion: np.ndarray, order: int) -> Volume:
+    """``volume``'s content moved by the world transform ``motion``, on the same grid."""
+    from diffiqt.resample import resample
+
+    return Volume(np.clip(resample(Volume(volume.data, motion @ volume.affine), volume.affine, volume.shape,
+                                   order=order).data, 0, None), volume.affine)
+
+
+def multi_scan_case(name: str = "colin27-brain", *, axes: tuple[int, ...] = (2, 1, 0), seed: int = 0,
+                    motion: dict[int, tuple[float, float]] | None = None) -> MultiScanCase:
+    """Brain ``name`` scanned x8 along each of ``axes`` (seed ``seed + i`` for scan i: independent noise
+    and SNR draws); the scans of ``motion`` (index -> (degrees, mm), see :func:`head_motion`) are of the
+    head moved after the first scan, their affines unchanged, as a scanner would record them."""
+    from diffiqt.datasets import TissueMaps
+
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise InputError(f"axes must be slice axes 0, 1 or 2 (got {axes})")
+    motion = dict(motion or {})
+    if 0 in motion:
+        raise InputError("the first scan is the reference: it cannot move")
+    first = held_out_case(name, seed=seed, axis=axes[0])
+    sample = load_sources([name])[0]
+    scans = [first.lf]
+    for index, axis in enumerate(axes[1:], start=1):
+        t1, tissues = sample.t1, sample.tissues
+        if tissues is None:  # held_out_case has refused such a brain already; this tells the type checker
+            raise InputError(f"{name}: tissue maps are needed to simulate its scans")
+        if index in motion:
+            centre = t1.voxel_to_world((np.array(t1.shape) - 1) / 2)
+            transform = head_motion(*motion[index], centre)
+            t1 = moved(t1, transform, order=3)
+            tissues = TissueMaps(*(moved(m, transform, order=1) for m in (tissues.gm, tissues.wm, tissues.csf)))
+        params = LowFieldParams.for_factor(LF_FACTOR, float(t1.voxel_size[axis]), axis=axis)
+        scans.append(simulate_low_field(t1, tissues, params, np.random.default_rng(seed + index), upsample=False).lf)
+    return MultiScanCase(first, scans, motion)
+
+
 def score(prediction: np.ndarray, case: HeldOutCase) -> dict[str, float | None]:
     """Metrics of a prediction on the model grid against the truth (both protocols, tissue agreement) and,
     for whole-head scans, the mean absolute error between brain and scalp in % of the brain's range."""

@@ -55,3 +55,19 @@ def onto_shape(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     common = shared_extent(values.shape, shape)
     out[common] = values[common]
     return out
+
+
+def to_sitk(volume: Volume):
+    """A SimpleITK image with ``volume``'s data and geometry (imported here: SimpleITK is optional).
+
+    RAS millimetres serve as ITK's physical frame: only transforms between such images and grids made
+    the same way are used, so the frame need not be ITK's LPS.
+    """
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.data.transpose(2, 1, 0)))  # ITK's [k, j, i]
+    spacing = volume.voxel_size
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in volume.affine[:3, 3]])
+    image.SetDirection([float(d) for d in (volume.affine[:3, :3] / spacing).ravel()])
+    return image

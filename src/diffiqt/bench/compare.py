@@ -52,6 +52,9 @@ def bench_split() -> Split:
 # Method key -> name in the report, in the order of the paper's Table 1, then Table 2's ablations.
 METHODS = {
     "interpolation": "Interpolation",
+    "bspline": "B-spline (SimpleITK)",
+    "bspline5": "Quintic B-spline (SimpleITK)",
+    "lanczos": "Lanczos windowed sinc (SimpleITK)",
     "linear-iqt": "Linear IQT",
     "unet": "3D U-Net",
     "resunet": "3D ResU-Net",
@@ -62,6 +65,8 @@ METHODS = {
 }
 # The registry's ablations: "no cross-batch" drops the attention with it, as the paper's Table 2 does.
 _NO_CROSS_BATCH = {"attention": False, "cross_batch": False}
+# The classical peers (untrained, :mod:`diffiqt.bench.peers`), the same in every budget.
+_PEERS: dict[str, tuple[str, dict[str, object]]] = {"bspline": ("sitk-bspline", {}), "bspline5": ("sitk-bspline5", {}), "lanczos": ("sitk-lanczos", {})}
 _NEITHER = {**_NO_CROSS_BATCH, "deep_feature": False}
 
 
@@ -109,7 +114,7 @@ BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
         "cpu", "2 CPU cores, under 2 hours: narrow networks, 64³ blocks, central 128³ of each test volume",
         "cpu-small", steps=300, batch_size=1, block_size=64, test_region=128,
-        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}),
+        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}),
                   "unet": ("unet", {"widths": _SMALL_WIDTHS, **_SKIP}),
                   "resunet": ("resunet", {"widths": _SMALL_WIDTHS, **_SKIP}),
                   "esrgan": ("esrgan", {"channels": 16, "growth": 8, "blocks": 1, **_SKIP}),
@@ -132,7 +137,7 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         "smoke", "seconds: tiny networks, two steps on a crop of MNI152, central 40³ of each test volume",
         "cpu-small", steps=2, batch_size=1, block_size=32, test_region=40, sample_steps=2,
-        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {"widths": [4, 8], **_SKIP}),
+        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {"widths": [4, 8], **_SKIP}),
                   "resunet": ("resunet", {"widths": [4, 8], **_SKIP}),
                   "esrgan": ("esrgan", {"channels": 4, "growth": 4, "blocks": 1, **_SKIP}),
                   **_diffusion_variants("small", {**_TINY, **_SKIP})},
@@ -143,7 +148,7 @@ BUDGETS: dict[str, Budget] = {
     "paper": Budget(
         "paper", "one GPU: the paper-size networks and the paper preset (96³ blocks, 200 000 steps), whole volumes",
         "paper", steps=200_000, batch_size=1, block_size=96, device="auto", samples=3,
-        networks={"interpolation": ("interpolation", {}), "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {}), "resunet": ("resunet", {}),
+        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {}), "resunet": ("resunet", {}),
                   "esrgan": ("esrgan", {}), "diffiqt": ("paper", {}), "no-crossbatch": ("no-crossbatch", {}),
                   "no-deepfeature-no-crossbatch": ("no-deepfeature-no-crossbatch", {})},
         data={"layout": "auto"},  # cross-batch networks get 27 patches, the others the 96³ block
@@ -166,9 +171,17 @@ def parse_methods(text: str | None) -> list[str]:
     return [name for name in METHODS if name in names]
 
 
+def peer(budget: Budget, method: str) -> bool:
+    """Whether ``method`` is a classical interpolation of the scan itself (:mod:`diffiqt.bench.peers`)."""
+    from diffiqt.bench.peers import PEERS
+
+    return budget.networks[method][0] in PEERS
+
+
 def trains(budget: Budget, method: str) -> bool:
-    """Whether ``method`` has weights to train by gradient descent (interpolation has none, linear IQT is fitted)."""
-    return budget.networks[method][0] not in ("interpolation", "linear-iqt")
+    """Whether ``method`` has weights to train by gradient descent (interpolation and the peers have none,
+    linear IQT is fitted)."""
+    return budget.networks[method][0] not in ("interpolation", "linear-iqt") and not peer(budget, method)
 
 
 def fitted(budget: Budget, method: str) -> bool:

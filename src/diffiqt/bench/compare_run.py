@@ -19,7 +19,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, trains
+from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, peer, trains
 from diffiqt.config import TrainConfig
 from diffiqt.distributed import resolve_device
 from diffiqt.errors import ConfigError, InputError
@@ -124,6 +124,23 @@ def score(model, scans: list[HeldOutCase], budget: Budget, device: str) -> tuple
     return rows, first
 
 
+def score_peer(network: str, scans: list[HeldOutCase], voxel_mm: float) -> tuple[dict, dict]:
+    """:func:`score` for a classical peer (:mod:`diffiqt.bench.peers`): one deterministic prediction a scan."""
+    import time
+
+    from diffiqt.bench.peers import interpolate
+    from diffiqt.heldout import score as score_case
+
+    rows: dict[str, list[dict]] = {}
+    first: dict[str, Volume] = {}
+    for scan in scans:
+        begin = time.perf_counter()
+        first[scan.name] = interpolate(scan.lf, voxel_mm, network)
+        seconds = time.perf_counter() - begin
+        rows[scan.name] = [{"seed": 0, "inference_s": seconds, **score_case(first[scan.name].data, scan)}]
+    return rows, first
+
+
 def prediction_path(out: Path, method: str, scan: str) -> Path:
     return out / "predictions" / method / f"{scan}.nii.gz"
 
@@ -148,15 +165,20 @@ def bench_method(budget: Budget, method: str, scans: list[HeldOutCase], out: Pat
     elif fitted(budget, method):
         model, entry["train_s"] = fit_linear_iqt_model(budget, method)
         entry["weights"] = tensors_digest(model.net)
+    elif peer(budget, method):
+        model = None  # not a network: the scan is interpolated by SimpleITK
     else:
         model = Model(build_network(network), DEFAULT_VOXEL_MM, "cubic interpolation")
-    entry["parameters"] = count_parameters(model.net)
+    entry["parameters"] = count_parameters(model.net) if model is not None else 0
     paths = {scan.name: prediction_path(out, method, scan.name) for scan in scans}
     if previous and previous.get("weights") == entry["weights"] and all(p.exists() for p in paths.values()):
         log("scores of these weights are in results.json; not scored again")
         return {**entry, "train_s": previous["train_s"], "scans": previous["scans"]}  # a refit's time is not new work
     log(f"enhancing and scoring {', '.join(paths)}")
-    rows, predictions = score(model, scans, budget, str(resolve_device(budget.device)))
+    if model is None:
+        rows, predictions = score_peer(network, scans, DEFAULT_VOXEL_MM)
+    else:
+        rows, predictions = score(model, scans, budget, str(resolve_device(budget.device)))
     for name, prediction in predictions.items():
         save_volume(prediction, paths[name])
     return {**entry, "scans": rows}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffiqt.bench.compare import BUDGETS, METHODS
+from diffiqt.bench.compare import BUDGETS, METHODS, peer
 from diffiqt.errors import OutputError
 from diffiqt.io import Volume, atomic_write
 
@@ -108,7 +108,7 @@ def networks_table(results: dict) -> str:
 
     rows = []
     for method, entry in entries(results):
-        paper_m = paper_parameters_m(BUDGETS["paper"].networks[method][0])
+        paper_m = None if peer(BUDGETS["paper"], method) else paper_parameters_m(BUDGETS["paper"].networks[method][0])
         settings = f"`{json.dumps(entry['settings'])}`" if entry["settings"] else "–"
         rows.append([entry["label"], f"`{entry['network']}`", settings, count(entry["parameters"]),
                      f"{paper_m}M" if paper_m else "–", f"{entry['examples']:,}" if entry["examples"] else "–"])

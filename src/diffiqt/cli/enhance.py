@@ -11,7 +11,7 @@ from diffiqt.cli.app import app
 
 @app.command()
 def enhance(
-    source: Path = typer.Argument(..., help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them."),
+    sources: list[Path] = typer.Argument(..., metavar="SOURCE...", help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them; or 2-3 scans of one session (any slice directions), fused into one volume."),
     out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
     model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
     steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
@@ -24,6 +24,8 @@ def enhance(
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
     participant_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this participant's scans (repeatable; 01 or sub-01)."),
     session_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this session's scans (repeatable; 1 or ses-1)."),
+    fusion: str = typer.Option("fourier", help="Several scans: fourier (each scan weighted by the frequencies its slices resolve) or mean."),
+    register: bool = typer.Option(True, help="Several scans: rigidly register each enhanced scan to the first (needs SimpleITK: pip install 'diffiqt[bench]')."),
 ) -> None:
     """Enhance low-field brain MRI with a trained DiffusionIQT model.
 
@@ -41,6 +43,7 @@ def enhance(
       diffiqt enhance lf.nii.gz -o enhanced.nii.gz --model runs/cpu-small --samples 4 --png\n
       diffiqt enhance lf_folder/ -o enhanced/ --model runs/cpu-small\n
       diffiqt enhance bids_root/ -o bids_root/derivatives/diffiqt --participant-label 01\n
+      diffiqt enhance ax.nii.gz cor.nii.gz sag.nii.gz -o fused.nii.gz   (one volume from three scans; see docs/usage.md)\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
     from diffiqt import distributed
@@ -62,6 +65,14 @@ def enhance(
     check_seed(seed)
     target_device = distributed.resolve_device(device)
     ref = resolve_model(model)
+    if len(sources) > 1:
+        from diffiqt.cli.fusion import enhance_fused
+
+        if participant_label or session_label:
+            raise ConfigError("--participant-label and --session-label select scans of one BIDS dataset, not of several scans")
+        options = EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels)
+        return enhance_fused(sources, out, ref, options, fusion, register, png, force)
+    source = sources[0]
     if bids_mode(source, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
         return enhance_dataset(source, out, ref, EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels),
                                png=png, force=force, participants=participant_label, sessions=session_label)
