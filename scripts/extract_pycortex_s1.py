@@ -99,8 +99,10 @@ def main() -> None:
     target = args.out / "pycortex-s1.nii.gz"
     save_volume(head, target)
     for tissue, index in FAST_PVE_INDEX.items():
-        save_volume(head.with_data(np.where(brain, maps[tissue], 0).astype("float32")),
-                    args.out / f"pycortex-s1_pve_{index}.nii.gz")
+        save_volume(
+            head.with_data(np.where(brain, maps[tissue], 0).astype("float32")),
+            args.out / f"pycortex-s1_pve_{index}.nii.gz",
+        )
     print(f"wrote {target} {head.shape}, cerebrum {brain.sum() / 1000:.0f} ml, and its tissue maps")
 
 

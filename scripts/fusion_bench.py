@@ -53,9 +53,15 @@ def enhanced(scan: Volume, model, key: str, cache: Path) -> tuple[Volume, float]
 
 
 # (what is fused, method, register) per block; the cubic rows are the classical peers of the fusion.
-VARIANTS = {"still": [("enhanced", "mean", False), ("enhanced", "fourier", False), ("enhanced", "fourier", True),
-                      ("cubic", "fourier", False)],
-            "moved": [("enhanced", "mean", True), ("enhanced", "fourier", False), ("enhanced", "fourier", True)]}
+VARIANTS = {
+    "still": [
+        ("enhanced", "mean", False),
+        ("enhanced", "fourier", False),
+        ("enhanced", "fourier", True),
+        ("cubic", "fourier", False),
+    ],
+    "moved": [("enhanced", "mean", True), ("enhanced", "fourier", False), ("enhanced", "fourier", True)],
+}
 
 
 def main() -> None:
@@ -84,19 +90,35 @@ def main() -> None:
             rows[f"single {name}, cubic"] = scores(cubic[-1].mean.data, case)
             print(json.dumps({name: [rows[f"single {name}, enhanced"], rows[f"single {name}, cubic"]]}), flush=True)
     rows["mean of the 3 cubic (no match, no registration)"] = scores(
-        np.mean([onto_shape(c.mean.data, case.case.hf.shape) for c in cubic], axis=0), case)
+        np.mean([onto_shape(c.mean.data, case.case.hf.shape) for c in cubic], axis=0), case
+    )
     for what, method, register in VARIANTS[args.block]:
         begin = time.perf_counter()
         result = fuse(estimates if what == "enhanced" else cubic, FusionOptions(method=method, register=register))
         key = f"{what}, {method}" + (", registered" if register else "")
-        rows[key] = {**scores(result.mean.data, case), "seconds": round(time.perf_counter() - begin, 1),
-                     "gain_offset": result.info["intensity_gain_offset"]}
+        rows[key] = {
+            **scores(result.mean.data, case),
+            "seconds": round(time.perf_counter() - begin, 1),
+            "gain_offset": result.info["intensity_gain_offset"],
+        }
         if register:
             rows[key]["transforms"] = result.info["world_transforms"]
         print(json.dumps({key: {k: v for k, v in rows[key].items() if k != "transforms"}}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"brain": args.brain, "seed": args.seed, "block": args.block, "motion": motion,
-                                    "model": model.description, "enhance_seconds": seconds, "rows": rows}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "brain": args.brain,
+                "seed": args.seed,
+                "block": args.block,
+                "motion": motion,
+                "model": model.description,
+                "enhance_seconds": seconds,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     for key, value in rows.items():
         print(f"{key:60s} {value['fit_psnr']:7.2f}")
 

@@ -74,13 +74,18 @@ def cell(values: list[float | None], digits: int) -> str:
 
 def row(case: Case, steps: int, sampler: str, seconds: float, scores: dict) -> str:
     methods = [scores["cubic"], scores["linear-iqt"], scores["enhanced"]]
-    columns = [cell([m.get(key) for m in methods], 3 if "ssim" in key else 2)
-               for key in ("psnr", "fit_psnr", "ssim", "fit_ssim", "paper_psnr", "paper_ms_ssim")]
+    columns = [
+        cell([m.get(key) for m in methods], 3 if "ssim" in key else 2)
+        for key in ("psnr", "fit_psnr", "ssim", "fit_ssim", "paper_psnr", "paper_ms_ssim")
+    ]
     rho = scores["enhanced"].get("uncertainty_error_spearman")
     scalp = scores["enhanced"].get("outside_brain_mae_pct")
     scalp_text = "–" if scalp is None else f"{scores['cubic']['outside_brain_mae_pct']:.2f} → {scalp:.2f}"
-    return (f"| {case.brain} | {AXES[case.axis]} {case.spacing} | {sampler} {steps}×{case.samples} | " + " | ".join(columns)
-            + f" | {scalp_text} | {'–' if rho is None else f'{rho:.2f}'} | {seconds:.0f} |")
+    return (
+        f"| {case.brain} | {AXES[case.axis]} {case.spacing} | {sampler} {steps}×{case.samples} | "
+        + " | ".join(columns)
+        + f" | {scalp_text} | {'–' if rho is None else f'{rho:.2f}'} | {seconds:.0f} |"
+    )
 
 
 def linear_iqt_model(sources: list[str], factor: int, voxel_mm: float) -> Model:
@@ -93,8 +98,12 @@ def linear_iqt_model(sources: list[str], factor: int, voxel_mm: float) -> Model:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--train-sources", nargs="+", required=True,
-                        help="the model's training brains (bundled names, files or folders): linear IQT is fitted on them")
+    parser.add_argument(
+        "--train-sources",
+        nargs="+",
+        required=True,
+        help="the model's training brains (bundled names, files or folders): linear IQT is fitted on them",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="one case only (plumbing check)")
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES to run (default: all)")
@@ -103,11 +112,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"{model.description} · git {revision or 'unknown'} · {datetime.date.today().isoformat()} · {cpu_name()} · "
-          f"torch threads {torch.get_num_threads()} · load average at start {load_average()}\n")
+    print(
+        f"{model.description} · git {revision or 'unknown'} · {datetime.date.today().isoformat()} · {cpu_name()} · "
+        f"torch threads {torch.get_num_threads()} · load average at start {load_average()}\n"
+    )
     print("Each cell: cubic / linear IQT / model (Δ model − cubic).\n")
-    print("| brain | slices | sampler steps×samples | PSNR strict | PSNR fit | SSIM strict | SSIM fit | PSNR paper | "
-          "MS-SSIM paper | scalp MAE % | ρ(sd, error) | enhance s |")
+    print(
+        "| brain | slices | sampler steps×samples | PSNR strict | PSNR fit | SSIM strict | SSIM fit | PSNR paper | "
+        "MS-SSIM paper | scalp MAE % | ρ(sd, error) | enhance s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---:|---:|")
     cases = QUICK if args.quick else [CASES[i] for i in args.cases] if args.cases else CASES
     linear: dict[int, Model] = {}
@@ -117,14 +130,24 @@ def main() -> None:
             linear[case.factor] = linear_iqt_model(args.train_sources, case.factor, model.voxel_mm)
         held = held_out_case(case.brain, seed=args.seed, axis=case.axis, slices_mm=case.slices_mm)
         steps, sampler = case.steps or model.steps, case.sampler or model.sampler
-        result = run_held_out(held, model, EnhanceOptions(steps=steps, sampler=sampler, samples=case.samples,
-                                                          seed=args.seed))
+        result = run_held_out(
+            held, model, EnhanceOptions(steps=steps, sampler=sampler, samples=case.samples, seed=args.seed)
+        )
         baseline = enhance(held.lf, linear[case.factor], EnhanceOptions())
         result.scores["linear-iqt"] = score(baseline.mean.data, held)
         print(row(case, steps, sampler, result.seconds, result.scores), flush=True)
-        results.append({"brain": case.brain, "axis": case.axis, "slices_mm": case.slices_mm, "steps": steps,
-                        "sampler": sampler,
-                        "samples": case.samples, "seconds": result.seconds, "scores": result.scores})
+        results.append(
+            {
+                "brain": case.brain,
+                "axis": case.axis,
+                "slices_mm": case.slices_mm,
+                "steps": steps,
+                "sampler": sampler,
+                "samples": case.samples,
+                "seconds": result.seconds,
+                "scores": result.scores,
+            }
+        )
         if case.picture:
             demo_montage(held, result, args.out / case.picture)
     (args.out / "model_card.json").write_text(json.dumps(results, indent=1))

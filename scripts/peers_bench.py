@@ -21,16 +21,22 @@ from diffiqt.metrics import fit_protocol, on_target_range, psnr
 from diffiqt.resample import shared_extent, to_isotropic
 
 AXES = {2: "axial", 0: "sagittal", 1: "coronal"}
-METHODS = {"cubic (scipy, the bench's interpolation)": None, "B-spline (SimpleITK)": "sitk-bspline",
-           "quintic B-spline (SimpleITK)": "sitk-bspline5", "Lanczos windowed sinc (SimpleITK)": "sitk-lanczos",
-           "nearest neighbour (SimpleITK)": "sitk-nearest"}
+METHODS = {
+    "cubic (scipy, the bench's interpolation)": None,
+    "B-spline (SimpleITK)": "sitk-bspline",
+    "quintic B-spline (SimpleITK)": "sitk-bspline5",
+    "Lanczos windowed sinc (SimpleITK)": "sitk-lanczos",
+    "nearest neighbour (SimpleITK)": "sitk-nearest",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brain", default="colin27-brain")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--axes", type=int, nargs="+", default=list(AXES), help="slice axes: 2 axial, 0 sagittal, 1 coronal")
+    parser.add_argument(
+        "--axes", type=int, nargs="+", default=list(AXES), help="slice axes: 2 axial, 0 sagittal, 1 coronal"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = []
@@ -46,8 +52,11 @@ def main() -> None:
             strict = psnr(*on_target_range(pred, truth, brain), 1.0, brain)
             fit = fit_protocol(pred, truth, brain)
             rows.append({"axis": name, "method": label, "psnr": strict, **fit, "seconds": seconds})
-            print(f"{name:9s} {label:45s} strict {strict:6.2f}  fit {fit['fit_psnr']:6.2f} {fit['fit_ssim']:.4f}  "
-                  f"{seconds:5.1f} s", flush=True)
+            print(
+                f"{name:9s} {label:45s} strict {strict:6.2f}  fit {fit['fit_psnr']:6.2f} {fit['fit_ssim']:.4f}  "
+                f"{seconds:5.1f} s",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"brain": args.brain, "seed": args.seed, "rows": rows}, indent=2))
 

@@ -37,9 +37,12 @@ def main() -> None:
         for steps, samples in SETTINGS:
             result = run_held_out(case, model, EnhanceOptions(steps=steps, samples=samples))
             cubic, ours = result.scores["cubic"], result.scores["enhanced"]
-            print(f"| {brain} | {steps} | {samples} | {cubic['psnr']:.2f} → {ours['psnr']:.2f} "
-                  f"({ours['psnr'] - cubic['psnr']:+.2f}) | {cubic['ssim']:.3f} → {ours['ssim']:.3f} "
-                  f"({ours['ssim'] - cubic['ssim']:+.3f}) | {result.seconds:.0f} |", flush=True)
+            print(
+                f"| {brain} | {steps} | {samples} | {cubic['psnr']:.2f} → {ours['psnr']:.2f} "
+                f"({ours['psnr'] - cubic['psnr']:+.2f}) | {cubic['ssim']:.3f} → {ours['ssim']:.3f} "
+                f"({ours['ssim'] - cubic['ssim']:+.3f}) | {result.seconds:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -44,11 +44,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthseg-label
 # Brain tissue -> (labels, position between GM (0) and WM (1)); cerebral WM, cortex and CSF are set apart.
 WM, GM, CSF = (2, 41), (3, 42), (4, 5, 14, 15, 24, 43, 44, 72)
 BRAIN_T = {
-    "thalamus": ((10, 49), 0.55), "caudate": ((11, 50), 0.15), "putamen": ((12, 51), 0.35),
-    "pallidum": ((13, 52), 0.70), "hippocampus": ((17, 53), -0.05), "amygdala": ((18, 54), 0.0),
-    "accumbens": ((26, 58), 0.15), "ventral_dc": ((28, 60), 0.60), "brainstem": ((16,), 0.75),
-    "cerebellum_wm": ((7, 46), 0.90), "cerebellum_ctx": ((8, 47), 0.05), "optic_chiasm": ((85,), 0.70),
-    "wm_hypo": ((25, 57), 0.60), "vessel": ((30, 62), -0.40),
+    "thalamus": ((10, 49), 0.55),
+    "caudate": ((11, 50), 0.15),
+    "putamen": ((12, 51), 0.35),
+    "pallidum": ((13, 52), 0.70),
+    "hippocampus": ((17, 53), -0.05),
+    "amygdala": ((18, 54), 0.0),
+    "accumbens": ((26, 58), 0.15),
+    "ventral_dc": ((28, 60), 0.60),
+    "brainstem": ((16,), 0.75),
+    "cerebellum_wm": ((7, 46), 0.90),
+    "cerebellum_ctx": ((8, 47), 0.05),
+    "optic_chiasm": ((85,), 0.70),
+    "wm_hypo": ((25, 57), 0.60),
+    "vessel": ((30, 62), -0.40),
     "choroid_plexus": ((136, 137, 163, 164), None),  # None: halfway between CSF and GM
 }
 # Non-brain label -> (our reading of it, prior class whose mean fits its T1 look); prior means in ().
@@ -65,18 +74,37 @@ NONBRAIN = {
     514: ("dura / venous sinus", 12),  # 60
     502: ("large vessels", 21),  # 48
 }
-GM_MAP = GM + tuple(label for k in ("thalamus", "caudate", "putamen", "pallidum", "hippocampus", "amygdala",
-                                    "accumbens", "ventral_dc", "cerebellum_ctx", "vessel", "choroid_plexus")
-                    for label in BRAIN_T[k][0])
+GM_MAP = GM + tuple(
+    label
+    for k in (
+        "thalamus",
+        "caudate",
+        "putamen",
+        "pallidum",
+        "hippocampus",
+        "amygdala",
+        "accumbens",
+        "ventral_dc",
+        "cerebellum_ctx",
+        "vessel",
+        "choroid_plexus",
+    )
+    for label in BRAIN_T[k][0]
+)
 WM_MAP = WM + tuple(label for k in ("brainstem", "cerebellum_wm", "optic_chiasm", "wm_hypo") for label in BRAIN_T[k][0])
 
 
 def draw_contrast(rng: np.random.Generator, means: np.ndarray) -> dict:
     """This subject's random contrast parameters, drawn once."""
-    return {"ratio": rng.uniform(1.30, 1.34), "csf": rng.uniform(0.25, 0.35),
-            "jitter": {k: rng.normal(0, 0.05) for k in BRAIN_T},
-            "nonbrain": {label: float(np.clip(rng.normal(means[0, c], means[1, c] / 4) / means[0, 2], 0.03, 1.1))
-                         for label, (_, c) in NONBRAIN.items()}}
+    return {
+        "ratio": rng.uniform(1.30, 1.34),
+        "csf": rng.uniform(0.25, 0.35),
+        "jitter": {k: rng.normal(0, 0.05) for k in BRAIN_T},
+        "nonbrain": {
+            label: float(np.clip(rng.normal(means[0, c], means[1, c] / 4) / means[0, 2], 0.03, 1.1))
+            for label, (_, c) in NONBRAIN.items()
+        },
+    }
 
 
 def label_values(contrast: dict, gm: float) -> np.ndarray:
@@ -121,12 +149,15 @@ def to_1mm(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out, affine @ np.diag([*(1 / zooms), 1])
 
 
-def synthesise(labels: np.ndarray, rng: np.random.Generator, means: np.ndarray
-               ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def synthesise(
+    labels: np.ndarray, rng: np.random.Generator, means: np.ndarray
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The T1w-like volume and the {0: CSF, 1: GM, 2: WM} partial-volume maps for one label map."""
     brain = (labels > 0) & (labels < 500)
-    pve = {i: np.clip(ndimage.gaussian_filter(np.isin(labels, group).astype(np.float32), 0.6), 0, 1) * brain
-           for i, group in enumerate((CSF, GM_MAP, WM_MAP))}
+    pve = {
+        i: np.clip(ndimage.gaussian_filter(np.isin(labels, group).astype(np.float32), 0.6), 0, 1) * brain
+        for i, group in enumerate((CSF, GM_MAP, WM_MAP))
+    }
     contrast = draw_contrast(rng, means)
     bias = bias_field(rng, labels.shape)
     lut = label_values(contrast, calibrate_gm(contrast, labels, pve, bias))
@@ -153,8 +184,10 @@ def save_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 def montage(out: Path, names: list[str], png: str) -> None:
     """Three orthogonal mid slices of each named subject, for a visual check."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(names), 3, figsize=(12, 4 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
         v = np.asarray(nib.as_closest_canonical(nib.load(out / f"{name}.nii.gz")).dataobj)  # RAS
@@ -187,9 +220,12 @@ def main() -> None:
         for i, p in pve.items():
             save_atomic(p, affine, args.out / f"{name}_pve_{i}.nii.gz")
         wm, gm, csf = (image[pve[i] > 0.9].mean() for i in (2, 1, 0))
-        print(f"{name}: shape {labels.shape} vox {np.sqrt((affine[:3, :3] ** 2).sum(0)).round(3).tolist()} "
-              f"WM/GM {wm / gm:.3f} CSF/WM {csf / wm:.3f} nonzero {np.mean(image > 0):.3f} "
-              f"brain {np.mean(sum(pve.values()) > 0):.3f} {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"{name}: shape {labels.shape} vox {np.sqrt((affine[:3, :3] ** 2).sum(0)).round(3).tolist()} "
+            f"WM/GM {wm / gm:.3f} CSF/WM {csf / wm:.3f} nonzero {np.mean(image > 0):.3f} "
+            f"brain {np.mean(sum(pve.values()) > 0):.3f} {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     if args.montage:
         montage(args.out, [f"synthseg-{n:02d}" for n in args.subjects[:3]], args.montage)
 

@@ -35,10 +35,12 @@ def mni_crop(mni):
 
     lower, upper = (50, 60, 40), (146, 172, 144)
     maps = {k: v.crop(lower, upper) for k, v in mni.tissues.as_dict().items()}
-    mask = mni.mask[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
+    mask = mni.mask[lower[0] : upper[0], lower[1] : upper[1], lower[2] : upper[2]]
     return BrainSample("mni152-crop", mni.t1.crop(lower, upper), TissueMaps(**maps), mask, True)
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m diffiqt ARGS`` as a user would and capture its output."""
-    return subprocess.run([sys.executable, "-m", "diffiqt", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "diffiqt", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )

@@ -22,13 +22,15 @@ from diffiqt.train import Trainer  # noqa: E402
 
 def main(out: Path) -> None:
     tiny_net.install()
-    cfg = resolve(assignments=tiny_net.TINY_TRAINING + ("steps=4", "val_every=4", "device=\"cpu\""))
+    cfg = resolve(assignments=tiny_net.TINY_TRAINING + ("steps=4", "val_every=4", 'device="cpu"'))
     trainer = Trainer(cfg, out, resume=False, progress=False)
     first_batch = next(iter(trainer.stream))["cond"]
     trainer.run()
     rank = int(os.environ["RANK"])
     save_file(state_tensors(trainer.net), str(out / f"rank{rank}.safetensors"))
-    (out / f"rank{rank}.json").write_text(json.dumps({"first_batch_sum": float(first_batch.sum()), "world": trainer.world}))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps({"first_batch_sum": float(first_batch.sum()), "world": trainer.world})
+    )
     distributed.close()
 
 

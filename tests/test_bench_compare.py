@@ -30,8 +30,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_configs(budget: compare.Budget) -> dict:
-    return {method: compare.method_config(budget, method)
-            for method in compare.METHODS if compare.trains(budget, method)}
+    return {
+        method: compare.method_config(budget, method) for method in compare.METHODS if compare.trains(budget, method)
+    }
 
 
 def with_sources(cfg, sources: list[str], val_sources: list[str]):
@@ -39,6 +40,7 @@ def with_sources(cfg, sources: list[str], val_sources: list[str]):
 
 
 # ----------------------------------------------------------------------------- the split
+
 
 @needs_colin27
 def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_method(tmp_path):
@@ -66,6 +68,7 @@ def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_meth
 
 
 # ----------------------------------------------------------------------------- the budgets
+
 
 @pytest.mark.parametrize("name", list(compare.BUDGETS))
 def test_an_equal_budget_gives_every_trained_method_the_same_examples_data_and_seeds(name):
@@ -102,6 +105,7 @@ def test_unknown_budget_or_method_is_a_config_error():
 
 # ----------------------------------------------------------------------------- the classical peers
 
+
 def test_the_peers_give_the_model_grid_and_a_bspline_beats_nearest_neighbour_on_a_smooth_volume():
     pytest.importorskip("SimpleITK")
     from diffiqt.bench.peers import interpolate
@@ -123,17 +127,22 @@ def test_the_peers_give_the_model_grid_and_a_bspline_beats_nearest_neighbour_on_
         inner = (slice(None), slice(None), slice(0, 48))  # where the slices are, not the edge values past the last
         errors[method] = float(np.sqrt(np.mean((out.data[common][inner] - truth[common][inner]) ** 2)))
     assert errors["bspline"] < 0.5 * errors["nearest"] and errors["lanczos"] < 0.5 * errors["nearest"], errors
-    assert np.allclose(interpolate(scan, 1.0, "sitk-bspline").data[:, :, ::6][:, :, :8], scan.data[:, :, :8], atol=1e-2)  # it interpolates
+    assert np.allclose(
+        interpolate(scan, 1.0, "sitk-bspline").data[:, :, ::6][:, :, :8], scan.data[:, :, :8], atol=1e-2
+    )  # it interpolates
 
 
 def test_the_peers_are_untrained_bench_methods_in_every_budget():
     for budget in compare.BUDGETS.values():
-        assert all(compare.peer(budget, m) and not compare.trains(budget, m) and not compare.fitted(budget, m)
-                   for m in PEER_METHODS)
+        assert all(
+            compare.peer(budget, m) and not compare.trains(budget, m) and not compare.fitted(budget, m)
+            for m in PEER_METHODS
+        )
         assert not compare.peer(budget, "interpolation") and not compare.peer(budget, "linear-iqt")
 
 
 # ----------------------------------------------------------------------------- the report
+
 
 def scores(psnr: list[float]) -> dict:
     keys = ("paper_psnr", "paper_ms_ssim", "psnr", "ssim", "ms_ssim", "seg_miou", "dice_csf", "dice_gm", "dice_wm")
@@ -142,8 +151,12 @@ def scores(psnr: list[float]) -> dict:
 
 def test_report_gives_mean_and_sd_over_seeds_and_says_where_diffusioniqt_loses():
     entry = {"network": "x", "settings": {}, "parameters": 1_500_000, "train_s": 600.0, "examples": 10}
-    results = {"methods": {"unet": {**entry, "label": "3D U-Net", "scans": scores([0.5])},
-                           "diffiqt": {**entry, "label": "DiffusionIQT", "scans": scores([0.3, 0.5])}}}
+    results = {
+        "methods": {
+            "unet": {**entry, "label": "3D U-Net", "scans": scores([0.5])},
+            "diffiqt": {**entry, "label": "DiffusionIQT", "scans": scores([0.3, 0.5])},
+        }
+    }
     table = report.scan_table(results, ["colin27"])
     assert "0.4000 ± 0.1000" in table and "| 3D U-Net | 1.50M | 10.0 | 1.0 | 0.50 |" in table
     assert "does **not** beat 3D U-Net on PSNR (paper protocol) 0.4 vs 0.5" in report.honest_sentence(results)
@@ -161,6 +174,7 @@ def test_the_docs_section_is_replaced_between_the_markers_and_broken_markers_are
 
 # ----------------------------------------------------------------------------- the whole bench
 
+
 @needs_colin27
 @pytest.mark.slow  # a long end-to-end run: make test-all
 def test_the_smoke_bench_writes_scores_report_and_figure_and_a_rerun_reuses_them(tmp_path, monkeypatch):
@@ -169,8 +183,22 @@ def test_the_smoke_bench_writes_scores_report_and_figure_and_a_rerun_reuses_them
     monkeypatch.setattr(metrics, "ms_ssim3d", lambda *args: None)
     out, docs, figure = tmp_path / "bench", tmp_path / "benchmarks.md", tmp_path / "figures" / "bench.png"
     docs.write_text("# Benchmarks\n\nEarlier text stays.\n")
-    args = ["bench", "--budget", "smoke", "--out", str(out), "--methods", ",".join(SMOKE_METHODS),
-            "--docs", str(docs), "--figure", str(figure), "--no-progress", "--threads", "1"]
+    args = [
+        "bench",
+        "--budget",
+        "smoke",
+        "--out",
+        str(out),
+        "--methods",
+        ",".join(SMOKE_METHODS),
+        "--docs",
+        str(docs),
+        "--figure",
+        str(figure),
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
 

@@ -121,11 +121,42 @@ def test_bf16_on_cpu_is_refused_before_any_work():
 @pytest.mark.slow  # a long end-to-end run: make test-all
 def test_bench_speed_runs_end_to_end_on_a_tiny_budget(tmp_path):
     out = tmp_path / "speed.md"
-    result = run_cli("bench-speed", "--model", "untrained:small", "--parts", "enhance,quality", "--steps", "1",
-                     "--region", "32", "--repeats", "1", "--samples", "2", "--windows", "1",
-                     "--sweep-steps", "1", "--samplers", "ddim", "--threads", "1", "--out", out, timeout=300)
+    result = run_cli(
+        "bench-speed",
+        "--model",
+        "untrained:small",
+        "--parts",
+        "enhance,quality",
+        "--steps",
+        "1",
+        "--region",
+        "32",
+        "--repeats",
+        "1",
+        "--samples",
+        "2",
+        "--windows",
+        "1",
+        "--sweep-steps",
+        "1",
+        "--samplers",
+        "ddim",
+        "--threads",
+        "1",
+        "--out",
+        out,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     text = out.read_text()
-    for expected in ("## Speed", "GFLOP/s", "(a) whole volume", "(b) 96³ windows", "(c) 96³ windows",
-                     "UNTRAINED", "Time ratios (measured)", "Quality against sampling steps"):
+    for expected in (
+        "## Speed",
+        "GFLOP/s",
+        "(a) whole volume",
+        "(b) 96³ windows",
+        "(c) 96³ windows",
+        "UNTRAINED",
+        "Time ratios (measured)",
+        "Quality against sampling steps",
+    ):
         assert expected in text

@@ -22,12 +22,15 @@ from diffiqt import bids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCANS = ("sub-01/anat/sub-01_T1w.nii.gz",
-         "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
-         "sub-02/ses-2/anat/sub-02_ses-2_acq-fast_run-1_T1w.nii.gz")
+SCANS = (
+    "sub-01/anat/sub-01_T1w.nii.gz",
+    "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
+    "sub-02/ses-2/anat/sub-02_ses-2_acq-fast_run-1_T1w.nii.gz",
+)
 
 
 # ----------------------------------------------------------------------------- data and running
+
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory, mni) -> dict:
@@ -98,8 +101,12 @@ def files(root: Path) -> list[str]:
 
 def tree(*roots: Path) -> dict[str, tuple]:
     """Every file and folder under ``roots`` with its bytes' SHA-256 and modification time."""
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder", p.stat().st_mtime_ns)
-            for root in roots if root.exists() for p in sorted(root.rglob("*"))}
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder", p.stat().st_mtime_ns)
+        for root in roots
+        if root.exists()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def enhanced_names(scan: str, samples: int = 2) -> list[str]:
@@ -109,6 +116,7 @@ def enhanced_names(scan: str, samples: int = 2) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the whole run
+
 
 def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys, tmp_path, volumes):
     from diffiqt.io import load_volume
@@ -129,8 +137,13 @@ def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys,
     found, problems = bids.find_t1w(derivative, skip_desc=())
     assert derivative.is_derivative and problems == []
     assert sorted((s.subject, s.session, s.desc) for s in found) == [
-        ("01", None, "enhanced"), ("01", None, "sd"), ("02", "1", "enhanced"), ("02", "1", "sd"),
-        ("02", "2", "enhanced"), ("02", "2", "sd")]
+        ("01", None, "enhanced"),
+        ("01", None, "sd"),
+        ("02", "1", "enhanced"),
+        ("02", "1", "sd"),
+        ("02", "2", "enhanced"),
+        ("02", "2", "sd"),
+    ]
     assert dict(next(s for s in found if s.session == "2").entities)["acq"] == "fast"
 
     sidecar = json.loads((out / enhanced_names(SCANS[2])[0]).read_text())
@@ -139,8 +152,12 @@ def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys,
     assert (out / description["DatasetLinks"][link] / path).is_file()  # the URI resolves to the input scan
     assert sidecar["resolved_model"]["path"] == str(Path(volumes["checkpoint"]).resolve())
     assert (sidecar["steps"], sidecar["samples"]) == (1, 2)
-    assert sidecar["lowfield_geometry"] == {"voxel_size_mm": [1.0, 1.0, 8.0], "slice_axis": 2, "slice_axis_name": "axial",
-                                            "slice_spacing_mm": 8.0}
+    assert sidecar["lowfield_geometry"] == {
+        "voxel_size_mm": [1.0, 1.0, 8.0],
+        "slice_axis": 2,
+        "slice_axis_name": "axial",
+        "slice_spacing_mm": 8.0,
+    }
     assert json.loads((out / enhanced_names(SCANS[2])[2]).read_text())["Sources"] == sidecar["Sources"]
     enhanced = load_volume(out / enhanced_names(SCANS[0])[1])
     assert enhanced.shape == (40, 48, 64) and np.allclose(enhanced.affine, volumes["hf"].affine)
@@ -158,7 +175,8 @@ def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys,
     assert again.returncode == 0, again.stderr
     assert tree(raw) == before  # not a file written, replaced or touched
     assert [line.split(":")[0] for line in again.stderr.splitlines() if line.startswith("skipped")] == [
-        f"skipped {scan}" for scan in SCANS]
+        f"skipped {scan}" for scan in SCANS
+    ]
     assert "nothing to do" in again.stderr
 
 
@@ -173,8 +191,15 @@ def test_simulate_makes_a_lowfield_derivative_that_enhance_takes(capsys, tmp_pat
     result = cli(capsys, "simulate", raw, "-o", lowfield, "--factor", "8")
     assert result.returncode == 0, result.stderr
     stems = [scan[: -len("_T1w.nii.gz")] for scan in SCANS[:2]]
-    assert files(lowfield) == sorted([bids.DESCRIPTION] + [f"{stem}_desc-{desc}_T1w{suffix}" for stem in stems
-                                      for desc in ("lowfield", "lowfieldupsampled") for suffix in (".json", ".nii.gz")])
+    assert files(lowfield) == sorted(
+        [bids.DESCRIPTION]
+        + [
+            f"{stem}_desc-{desc}_T1w{suffix}"
+            for stem in stems
+            for desc in ("lowfield", "lowfieldupsampled")
+            for suffix in (".json", ".nii.gz")
+        ]
+    )
     sidecar = json.loads((lowfield / f"{stems[1]}_desc-lowfield_T1w.json").read_text())
     assert sidecar["Sources"] == [f"bids:input:{SCANS[1]}"] and sidecar["tissue_maps"] == "given"
     assert sidecar["lowfield_geometry"]["slice_spacing_mm"] == 8.0 and sidecar["seed"] == 0
@@ -184,21 +209,26 @@ def test_simulate_makes_a_lowfield_derivative_that_enhance_takes(capsys, tmp_pat
     result = cli(capsys, "enhance", lowfield, "-o", enhanced, "--model", volumes["checkpoint"])
     assert result.returncode == 0, result.stderr
     # desc-lowfield is replaced by desc-enhanced; the upsampled copies are no input (diffiqt made them).
-    assert files(enhanced) == sorted([bids.DESCRIPTION] + [f"{stem}_desc-enhanced_T1w{suffix}" for stem in stems
-                                                            for suffix in (".json", ".nii.gz")])
+    assert files(enhanced) == sorted(
+        [bids.DESCRIPTION] + [f"{stem}_desc-enhanced_T1w{suffix}" for stem in stems for suffix in (".json", ".nii.gz")]
+    )
     link = json.loads((enhanced / bids.DESCRIPTION).read_text())["DatasetLinks"]["input"]
     assert (enhanced / link).resolve() == lowfield.resolve()
 
 
 # ----------------------------------------------------------------------------- filters
 
-@pytest.mark.parametrize("options, expected", [
-    (("--participant-label", "01"), SCANS[:1]),
-    (("--participant-label", "sub-02"), SCANS[1:]),
-    (("--participant-label", "02", "--session-label", "ses-2"), SCANS[2:]),
-    (("--session-label", "1", "--session-label", "2"), SCANS[1:]),
-    (("--participant-label", "sub-01", "--participant-label", "02"), SCANS),
-])
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (("--participant-label", "01"), SCANS[:1]),
+        (("--participant-label", "sub-02"), SCANS[1:]),
+        (("--participant-label", "02", "--session-label", "ses-2"), SCANS[2:]),
+        (("--session-label", "1", "--session-label", "2"), SCANS[1:]),
+        (("--participant-label", "sub-01", "--participant-label", "02"), SCANS),
+    ],
+)
 def test_participant_and_session_labels_select_scans(capsys, tmp_path, volumes, options, expected):
     raw = make_dataset(tmp_path / "raw", volumes["lf"])
     out = tmp_path / "out"
@@ -208,6 +238,7 @@ def test_participant_and_session_labels_select_scans(capsys, tmp_path, volumes, 
 
 
 # ----------------------------------------------------------------------------- bad datasets
+
 
 def refused(capsys, roots: tuple[Path, ...], words: str, *args) -> None:
     """``diffiqt ARGS`` exits 2 with one line on stderr containing ``words``, and changes nothing in ``roots``."""
@@ -219,22 +250,27 @@ def refused(capsys, roots: tuple[Path, ...], words: str, *args) -> None:
     assert tree(*roots) == before
 
 
-@pytest.mark.parametrize("damage, out, options, words", [
-    ("no description", "out", (), "no dataset_description.json"),
-    ("description not json", "out", (), "cannot be read as JSON"),
-    ("no T1w", "out", (), "no T1w scans"),
-    ("unreadable only scan", "out", (), "cannot be read as NIfTI"),
-    ("misnamed only scan", "out", (), "not a BIDS file name"),
-    ("", "out", ("--participant-label", "03"), "no T1w scan of sub-03"),
-    ("", "out", ("--participant-label", "01", "--session-label", "1"), "no T1w scan of ses-1"),
-    ("", "out", ("--participant-label", "0_1"), "a BIDS label is letters and digits"),
-    ("", "raw", (), "inside the input dataset"),
-    ("", "raw/sub-01", (), "inside the input dataset"),
-    ("", "raw/derivatives", (), "inside the input dataset"),
-    ("", "raw/derivatives/x.nii.gz", (), "must be a folder"),
-    ("", "raw/derivatives/other", ("--png",), "--png is not available"),
-])
-def test_a_bad_dataset_or_output_is_one_line_and_nothing_written(capsys, tmp_path, volumes, damage, out, options, words):
+@pytest.mark.parametrize(
+    "damage, out, options, words",
+    [
+        ("no description", "out", (), "no dataset_description.json"),
+        ("description not json", "out", (), "cannot be read as JSON"),
+        ("no T1w", "out", (), "no T1w scans"),
+        ("unreadable only scan", "out", (), "cannot be read as NIfTI"),
+        ("misnamed only scan", "out", (), "not a BIDS file name"),
+        ("", "out", ("--participant-label", "03"), "no T1w scan of sub-03"),
+        ("", "out", ("--participant-label", "01", "--session-label", "1"), "no T1w scan of ses-1"),
+        ("", "out", ("--participant-label", "0_1"), "a BIDS label is letters and digits"),
+        ("", "raw", (), "inside the input dataset"),
+        ("", "raw/sub-01", (), "inside the input dataset"),
+        ("", "raw/derivatives", (), "inside the input dataset"),
+        ("", "raw/derivatives/x.nii.gz", (), "must be a folder"),
+        ("", "raw/derivatives/other", ("--png",), "--png is not available"),
+    ],
+)
+def test_a_bad_dataset_or_output_is_one_line_and_nothing_written(
+    capsys, tmp_path, volumes, damage, out, options, words
+):
     raw = make_dataset(tmp_path / "raw", volumes["lf"], SCANS[:1] if "only" in damage else SCANS)
     if damage == "no description":
         (raw / bids.DESCRIPTION).unlink()
@@ -247,7 +283,9 @@ def test_a_bad_dataset_or_output_is_one_line_and_nothing_written(capsys, tmp_pat
         (raw / SCANS[0]).write_bytes(b"not an image")
     elif damage == "misnamed only scan":
         (raw / SCANS[0]).rename(raw / "sub-01" / "anat" / "sub-01_my_T1w.nii.gz")
-    refused(capsys, (tmp_path,), words, "enhance", raw, "-o", tmp_path / out, "--model", volumes["checkpoint"], *options)
+    refused(
+        capsys, (tmp_path,), words, "enhance", raw, "-o", tmp_path / out, "--model", volumes["checkpoint"], *options
+    )
 
 
 def test_an_existing_non_derivative_or_foreign_derivative_output_is_refused(capsys, tmp_path, volumes):
@@ -256,17 +294,47 @@ def test_an_existing_non_derivative_or_foreign_derivative_output_is_refused(caps
     refused(capsys, (tmp_path,), "not a derivative", "enhance", raw, "-o", other, "--model", volumes["checkpoint"])
     out = tmp_path / "out"
     assert cli(capsys, "enhance", other, "-o", out, "--model", volumes["checkpoint"]).returncode == 0
-    refused(capsys, (tmp_path,), "derivatives of another dataset", "enhance", raw, "-o", out, "--model", volumes["checkpoint"])
+    refused(
+        capsys,
+        (tmp_path,),
+        "derivatives of another dataset",
+        "enhance",
+        raw,
+        "-o",
+        out,
+        "--model",
+        volumes["checkpoint"],
+    )
 
 
 def test_labels_need_a_bids_dataset_and_sub_folders_need_a_description(capsys, tmp_path, volumes):
     from diffiqt.io import save_volume
 
     save_volume(volumes["lf"], tmp_path / "scans" / "a.nii.gz")
-    refused(capsys, (tmp_path,), "select scans of a BIDS dataset", "enhance", tmp_path / "scans", "-o", tmp_path / "out",
-            "--model", volumes["checkpoint"], "--participant-label", "01")
-    refused(capsys, (tmp_path,), "no dataset_description.json", "simulate", tmp_path / "scans", "-o", tmp_path / "out",
-            "--session-label", "1")
+    refused(
+        capsys,
+        (tmp_path,),
+        "select scans of a BIDS dataset",
+        "enhance",
+        tmp_path / "scans",
+        "-o",
+        tmp_path / "out",
+        "--model",
+        volumes["checkpoint"],
+        "--participant-label",
+        "01",
+    )
+    refused(
+        capsys,
+        (tmp_path,),
+        "no dataset_description.json",
+        "simulate",
+        tmp_path / "scans",
+        "-o",
+        tmp_path / "out",
+        "--session-label",
+        "1",
+    )
     (tmp_path / "scans" / "sub-01").mkdir()
     refused(capsys, (tmp_path,), "no dataset_description.json", "simulate", tmp_path / "scans", "-o", tmp_path / "out")
 
@@ -306,8 +374,19 @@ def test_outputs_missing_a_sibling_are_refused_until_force_redoes_them(capsys, t
     out = tmp_path / "out"
     assert cli(capsys, "enhance", raw, "-o", out, "--model", volumes["checkpoint"]).returncode == 0
     # --samples 2 adds desc-sd: desc-enhanced exists without it, so the scan is neither done nor free to write.
-    refused(capsys, (tmp_path,), "already exists; give --force", "enhance", raw, "-o", out, "--model", volumes["checkpoint"],
-            "--samples", "2")
+    refused(
+        capsys,
+        (tmp_path,),
+        "already exists; give --force",
+        "enhance",
+        raw,
+        "-o",
+        out,
+        "--model",
+        volumes["checkpoint"],
+        "--samples",
+        "2",
+    )
     result = cli(capsys, "enhance", raw, "-o", out, "--model", volumes["checkpoint"], "--samples", "2", "--force")
     assert result.returncode == 0, result.stderr
     assert files(out) == sorted([bids.DESCRIPTION] + enhanced_names(SCANS[0], 2))
@@ -315,11 +394,20 @@ def test_outputs_missing_a_sibling_are_refused_until_force_redoes_them(capsys, t
 
 # ----------------------------------------------------------------------------- the reader alone
 
+
 def test_names_parse_and_derivatives_replace_desc():
-    assert bids.parse_name("sub-01_ses-a_acq-lf_run-2_T1w.nii.gz") == (("sub", "01"), ("ses", "a"), ("acq", "lf"), ("run", "2"))
+    assert bids.parse_name("sub-01_ses-a_acq-lf_run-2_T1w.nii.gz") == (
+        ("sub", "01"),
+        ("ses", "a"),
+        ("acq", "lf"),
+        ("run", "2"),
+    )
     for bad in ("sub-01_T2w.nii", "T1w.nii", "sub-01_x_T1w.nii", "sub-01_run-1_run-2_T1w.nii", "sub-0_1_T1w.nii.gz"):
         assert bids.parse_name(bad) is None, bad
-    scan = bids.Scan(Path("/x"), PurePosixPath("sub-01/anat/sub-01_desc-lowfield_run-1_T1w.nii.gz"),
-                     (("sub", "01"), ("desc", "lowfield"), ("run", "1")))
+    scan = bids.Scan(
+        Path("/x"),
+        PurePosixPath("sub-01/anat/sub-01_desc-lowfield_run-1_T1w.nii.gz"),
+        (("sub", "01"), ("desc", "lowfield"), ("run", "1")),
+    )
     assert str(scan.derivative("enhanced", ".json")) == "sub-01/anat/sub-01_run-1_desc-enhanced_T1w.json"
     assert bids.labels(["sub-01", "02"], "sub") == ["01", "02"]

@@ -35,8 +35,12 @@ def _save(run_dir, step=7, width=4):
 
 def test_round_trip_restores_weights_ema_and_optimizer_exactly(tmp_path):
     folder, (net, ema, opt) = _save(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "ema.safetensors", "model.safetensors",
-                                                         "optimizer.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.safetensors",
+    ]
     loaded, cfg = ck.load_model(tmp_path, weights="model")
     assert isinstance(cfg, TrainConfig) and not loaded.training
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):

@@ -16,7 +16,7 @@ from conftest import run_cli
 def _brainish(shape=(24, 24, 24)) -> np.ndarray:
     """A smooth blob: enough signal for the input checks (these tests never reach the simulator)."""
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    return (100 * np.exp(-4 * (grid ** 2).sum(0))).astype(np.float32)
+    return (100 * np.exp(-4 * (grid**2).sum(0))).astype(np.float32)
 
 
 def _nifti(path: Path, data: np.ndarray) -> Path:
@@ -62,7 +62,9 @@ def _assert_clean_failure(result, expected: str) -> None:
     assert expected in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("case", ["missing", "not_nifti", "wrong_suffix", "truncated", "2d", "4d", "nan", "inf", "all_zero"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not_nifti", "wrong_suffix", "truncated", "2d", "4d", "nan", "inf", "all_zero"]
+)
 def test_simulate_refuses_bad_input(tmp_path, case):
     source, expected = _bad_inputs(tmp_path)[case]
     before = _digest(source)
@@ -89,7 +91,9 @@ def test_unwritable_output_folder_is_refused(tmp_path):
     result = run_cli("simulate", source, "-o", blocker / "lf.nii.gz", "--no-upsample")
     _assert_clean_failure(result, "not a folder")
     if Path("/proc").is_dir():  # unwritable even for root, which ignores permission bits: found before the work
-        result = run_cli("simulate", source, "-o", "/proc/diffiqt_lf.nii.gz", "--no-upsample", "--snr-wm", "60", "--snr-gm", "50")
+        result = run_cli(
+            "simulate", source, "-o", "/proc/diffiqt_lf.nii.gz", "--no-upsample", "--snr-wm", "60", "--snr-gm", "50"
+        )
         _assert_clean_failure(result, "/proc: folder is not writable")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "brain.nii.gz"]
 

@@ -11,12 +11,18 @@ from diffiqt.diffusion import SAMPLERS
 from diffiqt.errors import ConfigError
 
 
-@pytest.mark.parametrize("assignment, message", [
-    ('data.layout="diagonal"', "config key 'data.layout': expected one of 'auto', 'patches', 'volume', got 'diagonal'"),
-    ('diffusion.loss="huber"', "config key 'diffusion.loss': expected one of 'mse', 'l1', got 'huber'"),
-    ('diffusion.sampler="euler"', "config key 'diffusion.sampler': expected one of 'paper', 'ancestral', 'ddim'"),
-    ('device="gpu"', "config key 'device': expected auto, cpu, cuda or cuda:N, got 'gpu'"),
-])
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        (
+            'data.layout="diagonal"',
+            "config key 'data.layout': expected one of 'auto', 'patches', 'volume', got 'diagonal'",
+        ),
+        ('diffusion.loss="huber"', "config key 'diffusion.loss': expected one of 'mse', 'l1', got 'huber'"),
+        ('diffusion.sampler="euler"', "config key 'diffusion.sampler': expected one of 'paper', 'ancestral', 'ddim'"),
+        ('device="gpu"', "config key 'device': expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ],
+)
 def test_a_wrong_choice_names_the_key_and_the_choices(assignment, message):
     with pytest.raises(ConfigError, match=message) as err:
         configs.resolve(assignments=(assignment,))  # resolve validates

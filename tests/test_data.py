@@ -14,7 +14,9 @@ NO_AUGMENT = AugmentConfig(enabled=False)
 
 
 def small_cfg(**kw) -> DataConfig:
-    return replace(DataConfig(block_size=24, pool_size=2, refresh_every=2, num_workers=0, val_blocks=2, augment=NO_AUGMENT), **kw)
+    return replace(
+        DataConfig(block_size=24, pool_size=2, refresh_every=2, num_workers=0, val_blocks=2, augment=NO_AUGMENT), **kw
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,20 @@ import math
 import pytest
 import torch
 
-from diffiqt.diffusion import (LOGSNR_MAX, LOGSNR_MIN, REFINE_START, SAMPLERS, Denoiser, add_noise, alpha_sigma,
-                               diffusion_loss, logsnr, reconstruction_loss, refine_times, residual_preconditioning)
+from diffiqt.diffusion import (
+    LOGSNR_MAX,
+    LOGSNR_MIN,
+    REFINE_START,
+    SAMPLERS,
+    Denoiser,
+    add_noise,
+    alpha_sigma,
+    diffusion_loss,
+    logsnr,
+    reconstruction_loss,
+    refine_times,
+    residual_preconditioning,
+)
 
 T = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
 
@@ -100,7 +112,10 @@ def test_preconditioned_denoiser_is_interpolation_at_pure_noise_and_the_noisy_im
 def test_preconditioning_gives_the_network_a_unit_variance_target(t):
     """EDM's point: (r - c_skip (r + s eps)) / c_out has unit variance for a residual r of std residual_sigma."""
     g = torch.Generator().manual_seed(0)
-    r, eps = 0.2 * torch.randn(400_000, generator=g, dtype=torch.float64), torch.randn(400_000, generator=g, dtype=torch.float64)
+    r, eps = (
+        0.2 * torch.randn(400_000, generator=g, dtype=torch.float64),
+        torch.randn(400_000, generator=g, dtype=torch.float64),
+    )
     alpha, sigma = alpha_sigma(torch.tensor(t, dtype=torch.float64))
     c_skip, c_out = residual_preconditioning(torch.tensor(t, dtype=torch.float64), 0.2)
     target = (r - c_skip * (r + sigma / alpha * eps)) / c_out
@@ -179,8 +194,14 @@ def test_refine_starts_from_the_one_step_posterior_mean():
     noise = torch.randn(target.shape)
     one_step = SAMPLERS["paper"](Denoiser(net), cond, 1, noise=noise.clone())
     seen = {}
-    SAMPLERS["refine"](Denoiser(net), cond, 4, torch.Generator().manual_seed(7), noise=noise.clone(),
-                       callback=lambda i, s, x, x_hat: seen.setdefault(i, (s, x, x_hat)))
+    SAMPLERS["refine"](
+        Denoiser(net),
+        cond,
+        4,
+        torch.Generator().manual_seed(7),
+        noise=noise.clone(),
+        callback=lambda i, s, x, x_hat: seen.setdefault(i, (s, x, x_hat)),
+    )
     s0, x_s0, first = seen[0]
     assert torch.equal(first, one_step)
     assert s0 == pytest.approx(REFINE_START)

@@ -72,8 +72,8 @@ def test_chunked_evaluation_equals_whole_volume(conv_model):
 
 def test_chunk_size_fits_the_budget():
     assert chunk_size((96, 96, 96), None, 32) is None
-    assert chunk_size((96, 96, 96), 96 ** 3, 32) is None
-    assert list(chunk_size((128, 128, 128), 64 ** 3, 32)) == [64, 64, 64]
+    assert chunk_size((96, 96, 96), 96**3, 32) is None
+    assert list(chunk_size((128, 128, 128), 64**3, 32)) == [64, 64, 64]
 
 
 def test_samples_give_a_nonnegative_uncertainty_and_seeds_repeat(lf_scan, conv_model):
@@ -122,7 +122,9 @@ def test_enhance_command_writes_mean_std_and_sidecar(tmp_path, checkpoint_dir, l
     from conftest import run_cli
 
     out = tmp_path / "enhanced.nii.gz"
-    result = run_cli("enhance", lf_file, "-o", out, "--model", checkpoint_dir, "--steps", "1", "--samples", "2", "--png")
+    result = run_cli(
+        "enhance", lf_file, "-o", out, "--model", checkpoint_dir, "--steps", "1", "--samples", "2", "--png"
+    )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["enhanced.json", "enhanced.nii.gz", "enhanced_montage.png", "enhanced_std.nii.gz"]
@@ -192,7 +194,9 @@ def test_export_model_command_writes_a_loadable_model_and_keeps_one_default(tmp_
     assert not (tmp_path / "other.json").exists()
 
 
-def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoint_and_shipped_card(tmp_path, conv_model):
+def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoint_and_shipped_card(
+    tmp_path, conv_model
+):
     from diffiqt.checkpoint import save_checkpoint
     from diffiqt.config import TrainConfig
     from diffiqt.enhance import load_model

@@ -73,8 +73,9 @@ def test_registration_undoes_a_head_movement_between_scans(truth):
 
     reference = Volume(truth, np.eye(4))
     motion = head_motion(3.0, 2.0, centre=np.array([23.5, 23.5, 23.5]))
-    moving = Volume(ndimage.affine_transform(truth, np.linalg.inv(motion)[:3, :3], np.linalg.inv(motion)[:3, 3], order=3),
-                    np.eye(4))  # the content moved by ``motion``, the grid unchanged
+    moving = Volume(
+        ndimage.affine_transform(truth, np.linalg.inv(motion)[:3, :3], np.linalg.inv(motion)[:3, 3], order=3), np.eye(4)
+    )  # the content moved by ``motion``, the grid unchanged
     found = register_rigid(reference, moving)
     point = np.array([30.0, 15.0, 20.0, 1.0])
     assert np.linalg.norm((found @ point)[:3] - (motion @ point)[:3]) < 0.5  # mm, against 2-3 mm moved

@@ -20,19 +20,24 @@ from diffiqt import checkpoint as ck
 from diffiqt import config as configs
 from diffiqt.data import StoredPairStream, make_pair
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.presimulated import (PAIR_STREAM, crop_to_head, read_pairs_file, training_sources,
-                                  write_pairs_file)
+from diffiqt.presimulated import PAIR_STREAM, crop_to_head, read_pairs_file, training_sources, write_pairs_file
 from diffiqt.train import resume_config, train
 from diffiqt.transfer import join_checkpoint, split_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("nibabel", "nilearn", "torchio", "sklearn", "matplotlib", "pytorch_msssim")
 # A 64x120x64 crop of the MNI brain, 24³ blocks, augmented (no elastic deformation: it is slow), random slice axis.
-TINY_DATA = ("data.crop=[[60,124],[50,170],[50,114]]", "data.block_size=24", "data.augment.elastic_probability=0",
-             "data.lf_axis=null")
+TINY_DATA = (
+    "data.crop=[[60,124],[50,170],[50,114]]",
+    "data.block_size=24",
+    "data.augment.elastic_probability=0",
+    "data.lf_axis=null",
+)
 # The real DiffusionIQT network (cross-batch, 27 patches of 8³ per 24³ block) at a few hundred weights.
-TINY_REAL_NET = ('network.overrides={"widths": [4, 8], "res_blocks": 1, "embed_dim": 8, "heads": 2, '
-                 '"deep_feature_width": 8, "time_dim": 8, "patch_size": 8, "condition_skip": true}')
+TINY_REAL_NET = (
+    'network.overrides={"widths": [4, 8], "res_blocks": 1, "embed_dim": 8, "heads": 2, '
+    '"deep_feature_width": 8, "time_dim": 8, "patch_size": 8, "condition_skip": true}'
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,7 @@ def tiny_config(pairs_file: Path, *changes: str) -> configs.TrainConfig:
 
 
 # ----------------------------------------------------------------------------- the pairs file
+
 
 def test_pairs_file_round_trips_compactly_with_its_metadata(pairs_file, pairs_cfg):
     stored = read_pairs_file(pairs_file, block_size=24)
@@ -102,10 +108,13 @@ def test_stored_pair_stream_is_a_function_of_the_batch_index(pairs_file):
     batches = [next(from_start) for _ in range(3)]
     resumed = next(iter(StoredPairStream(pairs, cfg, batch_size=2, seed=0, start_batch=2)))
     assert all(torch.equal(resumed[k], batches[2][k]) for k in ("target", "cond"))
-    assert batches[0]["target"].shape == (2, 1, 24, 24, 24) and not torch.equal(batches[0]["target"], batches[1]["target"])
+    assert batches[0]["target"].shape == (2, 1, 24, 24, 24) and not torch.equal(
+        batches[0]["target"], batches[1]["target"]
+    )
 
 
 # ----------------------------------------------------------------------------- training from it
+
 
 def test_training_from_a_pairs_file_needs_none_of_the_simulators_dependencies(tmp_path, pairs_file):
     """The GPU machine has no nibabel, nilearn, torchio, scikit-learn, matplotlib or pytorch-msssim."""
@@ -122,8 +131,13 @@ app(["train", "--preset", "paper", "--out", {str(run)!r}, "--device", "cpu", "--
      "--set", "data.num_workers=0", "--set", "val_every=2", "--set", "diffusion.sample_steps=2"], standalone_mode=False)
 app(["split-checkpoint", {str(run)!r}, "--out", {str(out)!r}], standalone_mode=False)
 """
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert "trained to step 2" in done.stdout and "val_loss" in done.stdout and (out / "checkpoint.json").is_file()
     meta = ck.read_checkpoint(run).meta
@@ -132,8 +146,14 @@ app(["split-checkpoint", {str(run)!r}, "--out", {str(out)!r}], standalone_mode=F
 
 def test_time_budget_stops_cleanly_with_a_final_checkpoint(tmp_path, pairs_file, monkeypatch):
     tiny_net.install(monkeypatch)
-    cfg = tiny_config(pairs_file, "steps=1000000", "max_minutes=0.02", "checkpoint_every=100000",
-                      "val_every=100000", "log_every=100000")
+    cfg = tiny_config(
+        pairs_file,
+        "steps=1000000",
+        "max_minutes=0.02",
+        "checkpoint_every=100000",
+        "val_every=100000",
+        "log_every=100000",
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     assert 0 < result.step < 1_000_000
     assert result.checkpoint == ck.list_checkpoints(tmp_path / "run")[-1]
@@ -162,6 +182,7 @@ def test_runs_from_before_the_new_keys_still_resume(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- bringing weights back
 
+
 def test_checkpoint_shards_join_back_exactly_or_in_float16(tmp_path, pairs_file, monkeypatch):
     tiny_net.install(monkeypatch)
     run = tmp_path / "run"
@@ -186,18 +207,46 @@ def test_checkpoint_shards_join_back_exactly_or_in_float16(tmp_path, pairs_file,
 
 # ----------------------------------------------------------------------------- the script
 
+
 @pytest.mark.slow  # a long end-to-end run: make test-all
 def test_gpu_train_script_rehearses_end_to_end_on_the_cpu(tmp_path, pairs_file):
     """The same script as on the GPU, with --device cpu, a tiny network and 12 s of training."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(pairs_file), str(out), "--device", "cpu",
-                           "--minutes", "0.2", "--run-dir", str(tmp_path / "run"), "--set", "data.block_size=24",
-                           "--set", TINY_REAL_NET, "--set", "diffusion.sample_steps=2", "--set", "val_every=20"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "gpu_train.sh"),
+            str(pairs_file),
+            str(out),
+            "--device",
+            "cpu",
+            "--minutes",
+            "0.2",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "data.block_size=24",
+            "--set",
+            TINY_REAL_NET,
+            "--set",
+            "diffusion.sample_steps=2",
+            "--set",
+            "val_every=20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "mean examples/s" in done.stdout and "val_loss" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json", "ema-1-of-1.safetensors", "train.csv", "val.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.json",
+        "ema-1-of-1.safetensors",
+        "train.csv",
+        "val.csv",
+    ]
     joined = run_cli("join-checkpoint", out, "--out", tmp_path / "back")
     assert joined.returncode == 0, joined.stderr
     net, cfg = ck.load_model(tmp_path / "back")
@@ -208,6 +257,10 @@ def test_gpu_train_script_rehearses_end_to_end_on_the_cpu(tmp_path, pairs_file):
 def test_gpu_train_script_refuses_to_run_without_a_gpu(tmp_path, pairs_file):
     if subprocess.run(["sh", "-c", "command -v nvidia-smi"], capture_output=True).returncode == 0:
         pytest.skip("this machine has nvidia-smi")
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(pairs_file), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(pairs_file), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "no NVIDIA GPU" in done.stderr

@@ -19,8 +19,12 @@ AFFINES = {
     "RAS": np.diag([1.0, 1.0, 1.0, 1.0]),
     "LAS": np.diag([-0.9, 1.1, 1.3, 1.0]),
     "LPI": np.diag([-1.0, -1.0, -2.5, 1.0]),
-    "oblique": np.block([[_rotation(17) @ np.diag([0.8, 1.0, 3.0]), np.array([[10.0], [-20.0], [5.0]])],
-                         [np.zeros((1, 3)), np.ones((1, 1))]]),
+    "oblique": np.block(
+        [
+            [_rotation(17) @ np.diag([0.8, 1.0, 3.0]), np.array([[10.0], [-20.0], [5.0]])],
+            [np.zeros((1, 3)), np.ones((1, 1))],
+        ]
+    ),
 }
 
 

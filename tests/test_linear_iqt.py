@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 F8 = 8
 
 
-def reference_filter(cond: np.ndarray, weight: np.ndarray, bias: np.ndarray, factor: int,
-                     radius: int = 2, before: int = 1) -> np.ndarray:
+def reference_filter(
+    cond: np.ndarray, weight: np.ndarray, bias: np.ndarray, factor: int, radius: int = 2, before: int = 1
+) -> np.ndarray:
     """The filter's definition written out with shifted copies: out[x, y, k·f+j] = b_j +
     Σ w_j[a, b, c] · lf0[x+a-r, y+b-r, k+c-before], lf0 = cond[:, :, ::f] and zero beyond the volume."""
     x, y, z = cond.shape
@@ -35,7 +36,7 @@ def reference_filter(cond: np.ndarray, weight: np.ndarray, bias: np.ndarray, fac
     for a in range(side):
         for b in range(side):
             for c in range(depth):
-                out += padded[a:a + x, b:b + y, c:c + k, None] * weight[:, 0, a, b, c]
+                out += padded[a : a + x, b : b + y, c : c + k, None] * weight[:, 0, a, b, c]
     return out.reshape(x, y, k * factor)[:, :, :z]
 
 
@@ -86,8 +87,9 @@ def test_forward_keeps_the_shape_and_pads_the_last_axis_at_its_far_end():
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = torch.cat([x, torch.zeros(2, 1, 7, 6, 6)], dim=-1)  # 50 -> 56, zeros at the far end
     torch.testing.assert_close(out, net(padded)[..., :50])
-    np.testing.assert_allclose(out[1, 0].double().numpy(), reference_filter(x[1, 0].double().numpy(), weight, bias, F8),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out[1, 0].double().numpy(), reference_filter(x[1, 0].double().numpy(), weight, bias, F8), atol=1e-5
+    )
     # A multiple of f is not padded; the halo and the chunk grid keep the slice phase.
     assert net(padded).shape == padded.shape
     assert net.receptive_field == 16 and net.cell_shape[2] % F8 == 0
@@ -139,8 +141,9 @@ def mni_halves(mni):
 def _cfg(**kw) -> DataConfig:
     """x8 axial, no augmentation, SNRs fixed at the T1w prior's mean: the held-out pair has the contrast change
     the filter was fitted on (with SNRs drawn per pair it only learns their average change)."""
-    return DataConfig(lf_factor=8.0, lf_axis=2, block_size=32, snr_wm=64.5, snr_gm=54.14,
-                      augment=AugmentConfig(enabled=False), **kw)
+    return DataConfig(
+        lf_factor=8.0, lf_axis=2, block_size=32, snr_wm=64.5, snr_gm=54.14, augment=AugmentConfig(enabled=False), **kw
+    )
 
 
 def test_fit_beats_cubic_on_held_out_mni_anatomy(mni_halves):

@@ -21,8 +21,16 @@ from diffiqt.simulate import LowFieldParams, simulate_low_field
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Narrow, with every mechanism, on 8³ cells of the folded grid (8 x 8 x 32 input voxels at fold 4).
-FOLDED = {"widths": [8, 16], "res_blocks": 1, "embed_dim": 16, "heads": 2, "deep_feature_width": 16,
-          "time_dim": 16, "patch_size": 8, "slice_fold": 4}
+FOLDED = {
+    "widths": [8, 16],
+    "res_blocks": 1,
+    "embed_dim": 16,
+    "heads": 2,
+    "deep_feature_width": 16,
+    "time_dim": 16,
+    "patch_size": 8,
+    "slice_fold": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +97,10 @@ def test_training_blocks_have_the_slice_axis_last_and_start_on_a_thick_slice(mni
     assert all(c[-1] % 8 == 0 and c[-1] + 64 <= 96 for c in corners)
     # thick slices (where the condition equals the blurred truth's samples) sit at 0 mod 8 along the last axis
     mixed = np.random.default_rng(2)
-    factors = {simulate_pair(mni_crop, DataConfig(block_size=32, slice_block=64, lf_factors=[4.0, 8.0]), mixed).slice_step
-               for _ in range(6)}
+    factors = {
+        simulate_pair(mni_crop, DataConfig(block_size=32, slice_block=64, lf_factors=[4.0, 8.0]), mixed).slice_step
+        for _ in range(6)
+    }
     assert factors == {4.0, 8.0}
 
 
@@ -106,6 +116,7 @@ def test_enhance_turns_the_slice_axis_last_for_a_folded_network_and_back(mni):
 
     class PhaseProbe(torch.nn.Module):
         """Returns, at every voxel, the condition of the thick-slice voxel of its folded cell (phase 0)."""
+
         needs_time, slice_fold, patch_size, cell_shape, receptive_field = True, 4, 8, (8, 8, 32), 0
 
         def forward(self, x, logsnr, layout="volume"):

@@ -121,8 +121,20 @@ def test_evaluate_command_writes_table_files(tmp_path, mni_crop):
     t1 = mni_crop.t1
     nib.save(nib.Nifti1Image(t1.data, t1.affine), tmp_path / "target.nii.gz")
     nib.save(nib.Nifti1Image(ndimage.gaussian_filter(t1.data, 1.0), t1.affine), tmp_path / "pred.nii.gz")
-    result = run_cli("evaluate", "--pred", tmp_path / "pred.nii.gz", "--target", tmp_path / "target.nii.gz",
-                     "--json", tmp_path / "s.json", "--csv", tmp_path / "s.csv", "--png", tmp_path / "e.png", "--no-segmentation")
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        tmp_path / "pred.nii.gz",
+        "--target",
+        tmp_path / "target.nii.gz",
+        "--json",
+        tmp_path / "s.json",
+        "--csv",
+        tmp_path / "s.csv",
+        "--png",
+        tmp_path / "e.png",
+        "--no-segmentation",
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "s.json").read_text())
     assert rows[0]["psnr"] > 20 and rows[0]["ms_ssim"] is None  # the 96x112x104 crop is too small for MS-SSIM

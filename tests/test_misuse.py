@@ -29,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------- shared small real data
 
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, mni) -> dict[str, Path]:
     """One x8 LF scan of a 40x48x64 piece of the real MNI brain, its HF truth, a too-small scan, and a
@@ -57,8 +58,13 @@ def data(tmp_path_factory, mni) -> dict[str, Path]:
     cfg.diffusion.sample_steps = 1
     run = root / "run"
     checkpoint = save_checkpoint(run, 1, {"network": dict(net.config), "train": cfg.to_dict()}, net, net, None)
-    return {"lf": save_volume(lf, root / "lf.nii.gz"), "hf": save_volume(hf, root / "hf.nii.gz"), "tiny": tiny,
-            "run": run, "checkpoint": checkpoint}
+    return {
+        "lf": save_volume(lf, root / "lf.nii.gz"),
+        "hf": save_volume(hf, root / "hf.nii.gz"),
+        "tiny": tiny,
+        "run": run,
+        "checkpoint": checkpoint,
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +92,7 @@ def _shifted(source: Path, target: Path, mm: float) -> Path:
 
 # ----------------------------------------------------------------------------- running and checking
 
+
 def _cli(capsys, *args) -> subprocess.CompletedProcess:
     """``diffiqt ARGS`` through the real entry point; its exit status and captured output."""
     from diffiqt.cli import main
@@ -104,8 +111,11 @@ def _cli(capsys, *args) -> subprocess.CompletedProcess:
 
 def _tree(*roots: Path) -> dict[str, str]:
     """Every file and folder under ``roots`` (hidden ones included) and the SHA-256 of each file's bytes."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-            for root in roots for p in sorted(root.rglob("*"))}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for root in roots
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def _refused(capsys, roots: Path | tuple[Path, ...], words: str, *args) -> None:
@@ -121,11 +131,26 @@ def _refused(capsys, roots: Path | tuple[Path, ...], words: str, *args) -> None:
 
 # ----------------------------------------------------------------------------- 1. data loss
 
-@pytest.mark.parametrize("option, victim", [("--csv", "target"), ("--json", "pred"), ("--png", "target"), ("--csv", "mask")])
+
+@pytest.mark.parametrize(
+    "option, victim", [("--csv", "target"), ("--json", "pred"), ("--png", "target"), ("--csv", "mask")]
+)
 def test_evaluate_never_writes_a_report_over_an_input(capsys, tmp_path, data, option, victim):
     files = {name: _copy(data["hf"], tmp_path / f"{name}.nii.gz") for name in ("pred", "target", "mask")}
-    _refused(capsys, tmp_path, "refusing to overwrite", "evaluate", "--pred", files["pred"], "--target", files["target"],
-             "--mask", files["mask"], option, files[victim])
+    _refused(
+        capsys,
+        tmp_path,
+        "refusing to overwrite",
+        "evaluate",
+        "--pred",
+        files["pred"],
+        "--target",
+        files["target"],
+        "--mask",
+        files["mask"],
+        option,
+        files[victim],
+    )
 
 
 @pytest.mark.parametrize("command, victim", [("enhance", "a_enhanced.nii.gz"), ("simulate", "a_lf.nii.gz")])
@@ -143,9 +168,11 @@ def test_an_existing_output_is_not_replaced_without_force(capsys, tmp_path, data
     scan = _copy(data["lf" if command == "enhance" else "hf"], tmp_path / "scan.nii.gz")
     existing = tmp_path / ("scores.csv" if command == "evaluate" else "out.nii.gz")
     existing.write_text("the user's own file")
-    args = {"simulate": ("simulate", scan, "-o", existing),
-            "enhance": ("enhance", scan, "-o", existing, "--model", data["checkpoint"]),
-            "evaluate": ("evaluate", "--pred", scan, "--target", scan, "--csv", existing)}[command]
+    args = {
+        "simulate": ("simulate", scan, "-o", existing),
+        "enhance": ("enhance", scan, "-o", existing, "--model", data["checkpoint"]),
+        "evaluate": ("evaluate", "--pred", scan, "--target", scan, "--csv", existing),
+    }[command]
     _refused(capsys, tmp_path, "already exists; give --force", *args)
 
 
@@ -156,16 +183,27 @@ def test_two_inputs_whose_outputs_would_be_one_file_are_refused(capsys, tmp_path
     source = data["lf" if command == "enhance" else "hf"]
     _copy(source, folder / "x.nii.gz")
     nib.save(nib.load(source), folder / "x.nii")
-    args = {"simulate": ("simulate", folder, "-o", tmp_path / "out"),
-            "enhance": ("enhance", folder, "-o", tmp_path / "out", "--model", data["checkpoint"]),
-            "evaluate": ("evaluate", "--pred", folder, "--target", folder, "--png", tmp_path / "out")}[command]
+    args = {
+        "simulate": ("simulate", folder, "-o", tmp_path / "out"),
+        "enhance": ("enhance", folder, "-o", tmp_path / "out", "--model", data["checkpoint"]),
+        "evaluate": ("evaluate", "--pred", folder, "--target", folder, "--png", tmp_path / "out"),
+    }[command]
     _refused(capsys, tmp_path, "would be written for both x.nii", *args)
 
 
 @pytest.mark.parametrize("name", ["../../x", "sub/x", "..", ".hidden", "default"])
 def test_export_model_takes_a_plain_name_only(capsys, tmp_path, data, name):
-    _refused(capsys, tmp_path, "a model name is", "export-model", data["checkpoint"], "--name", name,
-             "--folder", tmp_path / "models")
+    _refused(
+        capsys,
+        tmp_path,
+        "a model name is",
+        "export-model",
+        data["checkpoint"],
+        "--name",
+        name,
+        "--folder",
+        tmp_path / "models",
+    )
 
 
 def test_export_model_never_replaces_a_shipped_model_and_replaces_an_export_only_with_force(capsys, tmp_path, data):
@@ -173,11 +211,30 @@ def test_export_model_never_replaces_a_shipped_model_and_replaces_an_export_only
 
     for force in ((), ("--force",)):
         for shipped in shipped_models():
-            _refused(capsys, (tmp_path, WEIGHTS_DIR), "never replaced", "export-model", data["checkpoint"], "--name", shipped, *force)
+            _refused(
+                capsys,
+                (tmp_path, WEIGHTS_DIR),
+                "never replaced",
+                "export-model",
+                data["checkpoint"],
+                "--name",
+                shipped,
+                *force,
+            )
     models = tmp_path / "models"
     models.mkdir()
     (models / "mine.json").write_text("an earlier export")
-    _refused(capsys, tmp_path, "already exists; give --force", "export-model", data["checkpoint"], "--name", "mine", "--folder", models)
+    _refused(
+        capsys,
+        tmp_path,
+        "already exists; give --force",
+        "export-model",
+        data["checkpoint"],
+        "--name",
+        "mine",
+        "--folder",
+        models,
+    )
     result = _cli(capsys, "export-model", data["checkpoint"], "--name", "mine", "--folder", models, "--force")
     assert result.returncode == 0, result.stderr
     assert read_card(models / "mine.json")["step"] == 1
@@ -192,6 +249,7 @@ def test_join_checkpoint_never_writes_into_an_existing_run(capsys, tmp_path, dat
 
 
 # ----------------------------------------------------------------------------- 3. model substitution
+
 
 def test_shipped_names_win_over_folders_in_the_working_directory(monkeypatch, tmp_path, data):
     from diffiqt.errors import ConfigError
@@ -247,18 +305,22 @@ def test_the_sidecar_records_the_resolved_shipped_model_and_its_hash(capsys, mon
 
 # ----------------------------------------------------------------------------- 6. smaller
 
+
 def test_an_enhance_error_is_one_line_without_the_models_note(capsys, tmp_path, data):
     """The shipped model's card has a warning; it is printed after the work, never before an error."""
     _refused(capsys, tmp_path, "too small", "enhance", data["tiny"], "-o", tmp_path / "out.nii.gz")
 
 
-@pytest.mark.parametrize("args, words", [
-    (("MISSING",), "no such file"),
-    (("LF", "--sampler", "bogus"), "unknown sampler"),
-    (("LF", "--max-voxels", "-100"), "at least 1"),
-    (("LF", "--device", "bogus"), "device 'bogus'"),
-    (("LF", "--device", "meta"), "device 'meta'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("MISSING",), "no such file"),
+        (("LF", "--sampler", "bogus"), "unknown sampler"),
+        (("LF", "--max-voxels", "-100"), "at least 1"),
+        (("LF", "--device", "bogus"), "device 'bogus'"),
+        (("LF", "--device", "meta"), "device 'meta'"),
+    ],
+)
 def test_enhance_checks_its_input_and_options_before_loading_a_model(capsys, monkeypatch, tmp_path, data, args, words):
     def no_model(spec):
         raise AssertionError("the model was loaded before the input was checked")
@@ -284,7 +346,9 @@ def test_evaluate_json_has_null_for_infinity_and_force_replaces_an_old_report(ca
     pred, target = _copy(data["hf"], tmp_path / "pred.nii.gz"), _copy(data["hf"], tmp_path / "target.nii.gz")
     report = tmp_path / "scores.json"
     report.write_text("an old report")
-    result = _cli(capsys, "evaluate", "--pred", pred, "--target", target, "--json", report, "--no-segmentation", "--force")
+    result = _cli(
+        capsys, "evaluate", "--pred", pred, "--target", target, "--json", report, "--no-segmentation", "--force"
+    )
     assert result.returncode == 0, result.stderr
 
     def strict(constant: str):
@@ -299,11 +363,14 @@ def test_requires_python_admits_no_python_without_tomllib():
 
     SpecifierSet = pytest.importorskip("packaging.specifiers").SpecifierSet
 
-    spec = SpecifierSet(tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["requires-python"])
+    spec = SpecifierSet(
+        tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["requires-python"]
+    )
     assert "3.11" in spec and "3.10" not in spec
 
 
 # ----------------------------------------------------------------------------- 2. wrong results
+
 
 def test_evaluate_refuses_a_prediction_elsewhere_in_the_world_and_a_mask_off_the_targets_grid(capsys, tmp_path, data):
     target = _copy(data["hf"], tmp_path / "target.nii.gz")
@@ -311,7 +378,18 @@ def test_evaluate_refuses_a_prediction_elsewhere_in_the_world_and_a_mask_off_the
     _refused(capsys, tmp_path, "does not overlap", "evaluate", "--pred", far, "--target", target)
     pred = _copy(data["hf"], tmp_path / "pred.nii.gz")
     mask = _shifted(data["hf"], tmp_path / "mask.nii.gz", 500.0)
-    _refused(capsys, tmp_path, "mask is not on the target's grid", "evaluate", "--pred", pred, "--target", target, "--mask", mask)
+    _refused(
+        capsys,
+        tmp_path,
+        "mask is not on the target's grid",
+        "evaluate",
+        "--pred",
+        pred,
+        "--target",
+        target,
+        "--mask",
+        mask,
+    )
 
 
 def test_a_model_with_nan_weights_writes_no_nan_volume(capsys, tmp_path, data):
@@ -319,7 +397,9 @@ def test_a_model_with_nan_weights_writes_no_nan_volume(capsys, tmp_path, data):
 
     broken = _copy(data["checkpoint"], tmp_path / "broken")
     ema = broken / "ema.safetensors"
-    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in load_file(ema).items()}, ema)
+    save_file(
+        {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in load_file(ema).items()}, ema
+    )
     scan = _copy(data["lf"], tmp_path / "lf.nii.gz")
     _refused(capsys, tmp_path, "NaN or Inf", "enhance", scan, "-o", tmp_path / "out.nii.gz", "--model", broken)
 
@@ -333,8 +413,12 @@ def test_a_stray_rank_in_the_environment_does_not_make_folder_mode_skip_scans(ca
         _copy(data["lf"], tmp_path / "scans" / f"{name}.nii.gz")
     result = _cli(capsys, "enhance", tmp_path / "scans", "-o", tmp_path / "out", "--model", data["checkpoint"])
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_enhanced.json", "a_enhanced.nii.gz",
-                                                                    "b_enhanced.json", "b_enhanced.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_enhanced.json",
+        "a_enhanced.nii.gz",
+        "b_enhanced.json",
+        "b_enhanced.nii.gz",
+    ]
 
 
 # ----------------------------------------------------------------------------- 4. bad input files and values
@@ -362,21 +446,34 @@ NAN = float("nan")
 RGB = np.zeros((8, 8, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
 
 
-@pytest.mark.parametrize("name, data, fields, words", [
-    ("complex.nii.gz", BASE.astype(np.complex64), {}, "voxels are complex"),
-    ("rgb.nii.gz", RGB, {}, "voxels are RGB"),
-    ("code.nii", BASE, {"datatype": 999}, "data code 999 not recognized"),
-    ("pixdim.nii.gz", BASE, {"pixdim": [1, NAN, 1, 1, 1, 1, 1, 1], "sform_code": 0, "qform_code": 0}, "has NaN or Inf"),
-    ("sform.nii.gz", BASE, {"srow_x": [NAN, 0, 0, 0]}, "has NaN or Inf"),
-    ("zero.nii.gz", BASE, {"srow_x": [0] * 4, "srow_y": [0] * 4, "srow_z": [0] * 4, "qform_code": 0}, "is singular"),
-    ("inter.nii", BASE, {"scl_slope": 1.0, "scl_inter": NAN}, "invalid intercept"),
-    ("nifti.mgz", BASE, {}, "a NIfTI file named .mgz"),
-    ("huge.nii", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
-    ("huge.nii.gz", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
-    ("one.nii.gz", np.ones((1, 1, 1), np.float32), {}, "single-slice"),
-    ("negative.nii.gz", -BASE, {}, "no head or brain found"),
-    ("four.nii.gz", BASE[:4, :4, :4].copy(), {}, "no head or brain found"),
-])
+@pytest.mark.parametrize(
+    "name, data, fields, words",
+    [
+        ("complex.nii.gz", BASE.astype(np.complex64), {}, "voxels are complex"),
+        ("rgb.nii.gz", RGB, {}, "voxels are RGB"),
+        ("code.nii", BASE, {"datatype": 999}, "data code 999 not recognized"),
+        (
+            "pixdim.nii.gz",
+            BASE,
+            {"pixdim": [1, NAN, 1, 1, 1, 1, 1, 1], "sform_code": 0, "qform_code": 0},
+            "has NaN or Inf",
+        ),
+        ("sform.nii.gz", BASE, {"srow_x": [NAN, 0, 0, 0]}, "has NaN or Inf"),
+        (
+            "zero.nii.gz",
+            BASE,
+            {"srow_x": [0] * 4, "srow_y": [0] * 4, "srow_z": [0] * 4, "qform_code": 0},
+            "is singular",
+        ),
+        ("inter.nii", BASE, {"scl_slope": 1.0, "scl_inter": NAN}, "invalid intercept"),
+        ("nifti.mgz", BASE, {}, "a NIfTI file named .mgz"),
+        ("huge.nii", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
+        ("huge.nii.gz", BASE, {"shape": (30000, 30000, 2)}, "declares 30000x30000x2 voxels"),
+        ("one.nii.gz", np.ones((1, 1, 1), np.float32), {}, "single-slice"),
+        ("negative.nii.gz", -BASE, {}, "no head or brain found"),
+        ("four.nii.gz", BASE[:4, :4, :4].copy(), {}, "no head or brain found"),
+    ],
+)
 def test_broken_or_unusable_files_are_refused_by_name(capsys, tmp_path, name, data, fields, words):
     bad = _raw_nifti(tmp_path / name, data, **fields)
     _refused(capsys, tmp_path, f"{bad}: ", "evaluate", "--pred", bad, "--target", bad)
@@ -395,8 +492,11 @@ def test_a_broken_model_card_is_refused_by_name(tmp_path, card):
     from diffiqt.pretrained import WEIGHTS_DIR, resolve_model, shipped_card
 
     name, good = shipped_card("default")
-    text = {"NO_SHA": json.dumps({k: v for k, v in good.items() if k != "sha256"}),
-            "VOXEL_0": json.dumps({**good, "voxel_mm": 0}), "VOXEL_ABC": json.dumps({**good, "voxel_mm": "abc"})}.get(card, card)
+    text = {
+        "NO_SHA": json.dumps({k: v for k, v in good.items() if k != "sha256"}),
+        "VOXEL_0": json.dumps({**good, "voxel_mm": 0}),
+        "VOXEL_ABC": json.dumps({**good, "voxel_mm": "abc"}),
+    }.get(card, card)
     _copy(WEIGHTS_DIR / f"{name}.safetensors", tmp_path / "mine.safetensors")
     (tmp_path / "mine.json").write_text(text)
     with pytest.raises(ConfigError, match="mine.json: not a valid model card") as err:
@@ -411,12 +511,19 @@ def test_a_seed_beyond_64_bits_is_refused_before_any_work(capsys, tmp_path, data
     _refused(capsys, tmp_path, "--seed", command, scan, "-o", tmp_path / "out.nii.gz", "--seed", 2**70, *model)
 
 
-def test_a_file_name_starting_with_a_dash_gets_a_one_line_hint_and_works_as_dot_slash(capsys, monkeypatch, tmp_path, data):
+def test_a_file_name_starting_with_a_dash_gets_a_one_line_hint_and_works_as_dot_slash(
+    capsys, monkeypatch, tmp_path, data
+):
     _copy(data["hf"], tmp_path / "-scan.nii.gz")
     monkeypatch.chdir(tmp_path)
-    _refused(capsys, tmp_path, "write ./-scan.nii.gz or put it after --", "simulate", "-scan.nii.gz", "-o", "out.nii.gz")
+    _refused(
+        capsys, tmp_path, "write ./-scan.nii.gz or put it after --", "simulate", "-scan.nii.gz", "-o", "out.nii.gz"
+    )
     options = ("--no-upsample", "--snr-wm", 60, "--snr-gm", 50)
-    for args in (("./-scan.nii.gz", "-o", "out.nii.gz", *options), ("-o", "out2.nii.gz", *options, "--", "-scan.nii.gz")):
+    for args in (
+        ("./-scan.nii.gz", "-o", "out.nii.gz", *options),
+        ("-o", "out2.nii.gz", *options, "--", "-scan.nii.gz"),
+    ):
         result = _cli(capsys, "simulate", *args)
         assert result.returncode == 0, result.stderr
 
@@ -424,9 +531,21 @@ def test_a_file_name_starting_with_a_dash_gets_a_one_line_hint_and_works_as_dot_
 def test_evaluate_refuses_a_report_in_a_folder_or_where_nothing_can_be_written(capsys, tmp_path, data):
     scan = _copy(data["hf"], tmp_path / "hf.nii.gz")
     (tmp_path / "folder").mkdir()
-    _refused(capsys, tmp_path, "is a folder", "evaluate", "--pred", scan, "--target", scan, "--csv", tmp_path / "folder")
-    _refused(capsys, tmp_path, "/proc: folder is not writable", "evaluate", "--pred", scan, "--target", scan,
-             "--csv", "/proc/scores.csv")
+    _refused(
+        capsys, tmp_path, "is a folder", "evaluate", "--pred", scan, "--target", scan, "--csv", tmp_path / "folder"
+    )
+    _refused(
+        capsys,
+        tmp_path,
+        "/proc: folder is not writable",
+        "evaluate",
+        "--pred",
+        scan,
+        "--target",
+        scan,
+        "--csv",
+        "/proc/scores.csv",
+    )
 
 
 def test_stale_part_files_of_ones_own_outputs_are_removed_and_others_kept(capsys, tmp_path, data):
@@ -444,24 +563,39 @@ def test_stale_part_files_of_ones_own_outputs_are_removed_and_others_kept(capsys
 
 # ----------------------------------------------------------------------------- 2. wrong results: training settings
 
-TINY_SETTINGS = [arg for setting in (
-    "network.name=tiny", 'network.overrides={"width": 4}', "data.crop=[[60,124],[50,170],[50,114]]",
-    "data.block_size=24", "data.num_workers=0", "data.augment.enabled=false", "data.val_blocks=1",
-    "diffusion.sample_steps=1", "steps=2", "val_every=100") for arg in ("--set", setting)]
+TINY_SETTINGS = [
+    arg
+    for setting in (
+        "network.name=tiny",
+        'network.overrides={"width": 4}',
+        "data.crop=[[60,124],[50,170],[50,114]]",
+        "data.block_size=24",
+        "data.num_workers=0",
+        "data.augment.enabled=false",
+        "data.val_blocks=1",
+        "diffusion.sample_steps=1",
+        "steps=2",
+        "val_every=100",
+    )
+    for arg in ("--set", setting)
+]
 
 
-@pytest.mark.parametrize("setting, words", [
-    ("optim.lr=1e30", "optim.lr must be in (0, 1]"),
-    ("optim.lr=0", "optim.lr must be in (0, 1]"),
-    ("optim.grad_clip=-1", "optim.grad_clip must be > 0"),
-    ("optim.betas=[2,0.9]", "optim.betas must be two numbers in [0, 1)"),
-    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
-    ("steps=0", "steps must be >= 1"),
-    ("seed=18446744073709551616", "seed must be in [0, 2^63)"),
-    ("diffusion.sample_steps=0", "diffusion.sample_steps must be >= 1"),
-    ('data.val_sources=["mni152"]', "overlaps the training source 'mni152'"),
-    ("batch_size=100000", "batch_size 100000: blocks of 96 voxels need at least"),
-])
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("optim.lr=1e30", "optim.lr must be in (0, 1]"),
+        ("optim.lr=0", "optim.lr must be in (0, 1]"),
+        ("optim.grad_clip=-1", "optim.grad_clip must be > 0"),
+        ("optim.betas=[2,0.9]", "optim.betas must be two numbers in [0, 1)"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        ("steps=0", "steps must be >= 1"),
+        ("seed=18446744073709551616", "seed must be in [0, 2^63)"),
+        ("diffusion.sample_steps=0", "diffusion.sample_steps must be >= 1"),
+        ('data.val_sources=["mni152"]', "overlaps the training source 'mni152'"),
+        ("batch_size=100000", "batch_size 100000: blocks of 96 voxels need at least"),
+    ],
+)
 def test_train_refuses_bad_settings_before_writing_anything(capsys, tmp_path, setting, words):
     _refused(capsys, tmp_path, words, "train", "--out", tmp_path / "run", "--set", setting, "--no-progress")
 
@@ -472,7 +606,12 @@ def test_val_sources_inside_a_training_folder_are_refused(tmp_path):
 
     (tmp_path / "brains").mkdir()
     (tmp_path / "brains" / "a.nii.gz").write_bytes(b"")
-    cfg = configs.resolve(assignments=(f'data.sources=["{tmp_path / "brains"}"]', f'data.val_sources=["{tmp_path / "brains" / "a.nii.gz"}"]'))
+    cfg = configs.resolve(
+        assignments=(
+            f'data.sources=["{tmp_path / "brains"}"]',
+            f'data.val_sources=["{tmp_path / "brains" / "a.nii.gz"}"]',
+        )
+    )
     with pytest.raises(ConfigError, match="overlaps the training source"):
         configs.validate(cfg)
 
@@ -480,8 +619,16 @@ def test_val_sources_inside_a_training_folder_are_refused(tmp_path):
 def test_train_refuses_an_out_that_is_a_file_or_cannot_be_made(capsys, tmp_path):
     (tmp_path / "file").write_text("not a run folder")
     _refused(capsys, tmp_path, "not a folder", "train", "--out", tmp_path / "file", *TINY_SETTINGS, "--no-progress")
-    _refused(capsys, tmp_path, "/proc: folder is not writable", "train", "--out", "/proc/diffiqt-run",
-             *TINY_SETTINGS, "--no-progress")
+    _refused(
+        capsys,
+        tmp_path,
+        "/proc: folder is not writable",
+        "train",
+        "--out",
+        "/proc/diffiqt-run",
+        *TINY_SETTINGS,
+        "--no-progress",
+    )
 
 
 def test_resume_refuses_a_corrupt_log_before_writing_anything(capsys, tmp_path):
@@ -489,5 +636,15 @@ def test_resume_refuses_a_corrupt_log_before_writing_anything(capsys, tmp_path):
     result = _cli(capsys, "train", "--out", run, *TINY_SETTINGS, "--no-progress")
     assert result.returncode == 0, result.stderr
     (run / "train.csv").write_text("step,loss\nnot a number,1\n")
-    _refused(capsys, tmp_path, "train.csv: not a log this run can continue", "train", "--out", run, "--resume",
-             "--steps", 4, "--no-progress")
+    _refused(
+        capsys,
+        tmp_path,
+        "train.csv: not a log this run can continue",
+        "train",
+        "--out",
+        run,
+        "--resume",
+        "--steps",
+        4,
+        "--no-progress",
+    )

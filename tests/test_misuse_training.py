@@ -57,8 +57,18 @@ def same_tensors(a: dict, b: dict) -> bool:
 
 # ----------------------------------------------------------------------------- the loader
 
-DTYPES = ["uint8", "int16", "int32", "int64", "float32", "float64", "complex64", "int8", "uint16",
-          [("R", "u1"), ("G", "u1"), ("B", "u1")]]
+DTYPES = [
+    "uint8",
+    "int16",
+    "int32",
+    "int64",
+    "float32",
+    "float64",
+    "complex64",
+    "int8",
+    "uint16",
+    [("R", "u1"), ("G", "u1"), ("B", "u1")],
+]
 REALS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 
@@ -84,7 +94,7 @@ def nifti_files(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     voxels = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8).tobytes()
     blob = header.binaryblock + bytes(4) + voxels
-    blob = blob[:len(blob) - draw(st.integers(0, 8))] if draw(st.booleans()) else blob
+    blob = blob[: len(blob) - draw(st.integers(0, 8))] if draw(st.booleans()) else blob
     suffix = draw(st.sampled_from([".nii", ".nii.gz", ".mgz"]))
     return suffix, gzip.compress(blob) if suffix != ".nii" else blob
 
@@ -107,6 +117,7 @@ def test_the_loader_gives_a_finite_float32_volume_or_an_input_error(tmp_path, fi
 
 
 # ----------------------------------------------------------------------------- training: wrong results
+
 
 def test_a_non_finite_loss_stops_the_run_before_its_step_and_no_nan_checkpoint_is_written(tmp_path, monkeypatch):
     real, calls = training.batch_loss, []
@@ -139,6 +150,7 @@ def test_nan_weights_are_refused_when_a_checkpoint_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training: stopped, locked, corrupt
+
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_during_a_step_stops_at_its_end_with_a_checkpoint(tmp_path, monkeypatch, name):
@@ -181,11 +193,17 @@ def test_resume_passes_over_a_corrupt_newest_checkpoint_with_a_warning(tmp_path,
     capsys.readouterr()
     assert train(resume_config(run), run, resume=True, progress=False).step == 4
     warning = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(warning) == 1 and "step_00000004" in warning[0] and "resuming from" in warning[0] and "step_00000002" in warning[0]
+    assert (
+        len(warning) == 1
+        and "step_00000004" in warning[0]
+        and "resuming from" in warning[0]
+        and "step_00000002" in warning[0]
+    )
     assert same_tensors(tensors(ck.list_checkpoints(run)[-1], "model"), straight)
 
 
 # ----------------------------------------------------------------------------- processes killed and stopped
+
 
 def _env() -> dict:
     paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -193,8 +211,13 @@ def _env() -> dict:
 
 
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *map(str, args)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -207,7 +230,9 @@ def test_a_run_killed_at_random_points_resumes_to_the_same_weights(tmp_path):
     rng = np.random.default_rng(17)
     for attempt in range(8):
         resume = (killed / "config.json").exists()  # else the killed run had not started: start it again
-        process = _start("train", "--out", killed, "--steps", 8, "--no-progress", *(("--resume",) if resume else settings))
+        process = _start(
+            "train", "--out", killed, "--steps", 8, "--no-progress", *(("--resume",) if resume else settings)
+        )
         deadline = time.monotonic() + 120
         while not (killed / "train.csv").exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -220,7 +245,9 @@ def test_a_run_killed_at_random_points_resumes_to_the_same_weights(tmp_path):
         assert process.returncode == -signal.SIGKILL, err
     assert process.returncode == 0, err
     for name in ("model", "ema", "optimizer"):
-        assert same_tensors(tensors(ck.find_checkpoint(straight), name), tensors(ck.find_checkpoint(killed), name)), name
+        assert same_tensors(tensors(ck.find_checkpoint(straight), name), tensors(ck.find_checkpoint(killed), name)), (
+            name
+        )
 
 
 def _tiny_checkpoint(root: Path) -> Path:
@@ -243,8 +270,9 @@ def test_sigterm_leaves_all_outputs_or_none_and_no_part_files(tmp_path, mni_crop
         scan = save_volume(mni_crop.t1, tmp_path / "hf.nii.gz")
         extra = ("--png",)
     else:
-        lf = simulate_low_field(mni_crop.t1, mni_crop.tissues, LowFieldParams.for_factor(8, 1.0),
-                                np.random.default_rng(0), upsample=False).lf
+        lf = simulate_low_field(
+            mni_crop.t1, mni_crop.tissues, LowFieldParams.for_factor(8, 1.0), np.random.default_rng(0), upsample=False
+        ).lf
         scan = save_volume(lf, tmp_path / "lf.nii.gz")
         extra = ("--model", _tiny_checkpoint(tmp_path), "--samples", 2, "--png")
     rng = np.random.default_rng(5)

@@ -21,8 +21,17 @@ from diffiqt.nets.esrgan import (
 )
 from test_nets_crossbatch import randomized
 
-CONTRACT = ("name", "needs_time", "in_channels", "cross_batch", "patch_size", "slice_fold", "cell_shape", "receptive_field",
-            "config")
+CONTRACT = (
+    "name",
+    "needs_time",
+    "in_channels",
+    "cross_batch",
+    "patch_size",
+    "slice_fold",
+    "cell_shape",
+    "receptive_field",
+    "config",
+)
 
 
 def _meta(name: str, **overrides) -> torch.nn.Module:
@@ -80,8 +89,10 @@ def test_interpolation_returns_the_condition():
     assert torch.equal(build_network("interpolation")(x), x)
 
 
-@pytest.mark.parametrize("name, settings", [("small", {}), ("unet", {"widths": [4, 8]}),
-                                            ("esrgan", {"channels": 4, "growth": 4, "blocks": 1})])
+@pytest.mark.parametrize(
+    "name, settings",
+    [("small", {}), ("unet", {"widths": [4, 8]}), ("esrgan", {"channels": 4, "growth": 4, "blocks": 1})],
+)
 def test_condition_skip_starts_as_the_identity_on_the_condition_and_learns_a_correction(name, settings):
     net = build_network(name, condition_skip=True, **settings)
     x = torch.randn(1, net.in_channels, 32, 32, 32)

@@ -70,7 +70,9 @@ def test_whole_voxel_spacing_equals_plain_slice_keeping(mni_crop):
 
 def test_fractional_spacing_places_slices_at_true_positions(mni_crop):
     hf = mni_crop.t1
-    result = simulate_low_field(hf, mni_crop.tissues, LowFieldParams(4.2, 1.4, axis=2), np.random.default_rng(0), upsample=False)
+    result = simulate_low_field(
+        hf, mni_crop.tissues, LowFieldParams(4.2, 1.4, axis=2), np.random.default_rng(0), upsample=False
+    )
     assert result.info["slice_step_voxels"] == pytest.approx(5.6)
     np.testing.assert_allclose(result.lf.voxel_to_world([0, 0, 5]), hf.voxel_to_world([0, 0, 28.0]), atol=1e-6)
     assert result.lf.shape[2] == int(np.floor((hf.shape[2] - 1) / 5.6)) + 1
@@ -82,8 +84,13 @@ def test_bright_voxel_lands_in_the_nearest_lf_slice(mni_crop):
     i, j, k = 48, 56, 8 * 6 + 3  # 3 voxels above LF slice 6, 5 below slice 7
     data[i, j, k] = 50 * data.max()
     world = hf.voxel_to_world([i, j, k])
-    result = simulate_low_field(hf.with_data(data), mni_crop.tissues, LowFieldParams.for_factor(8, 1.0, snr_wm=60, snr_gm=50),
-                                np.random.default_rng(0), upsample=False)
+    result = simulate_low_field(
+        hf.with_data(data),
+        mni_crop.tissues,
+        LowFieldParams.for_factor(8, 1.0, snr_wm=60, snr_gm=50),
+        np.random.default_rng(0),
+        upsample=False,
+    )
     lf_ijk = np.unravel_index(np.argmax(result.lf.data), result.lf.shape)
     assert lf_ijk == (i, j, 6)
     expected_slice = np.rint(result.lf.world_to_voxel(world)[2])
@@ -101,8 +108,10 @@ def test_measured_snr_and_contrast_match_the_request(mni):
     first = simulate_low_field(mni.t1, mni.tissues, params, np.random.default_rng(1), upsample=False)
     second = simulate_low_field(mni.t1, mni.tissues, params, np.random.default_rng(2), upsample=False)
     step = first.info["slice_step_voxels"]
-    decimated = {k: decimate(slice_profile_blur(v.data, 2, first.info["slice_fwhm_voxels"]), 2, step)
-                 for k, v in mni.tissues.as_dict().items()}
+    decimated = {
+        k: decimate(slice_profile_blur(v.data, 2, first.info["slice_fwhm_voxels"]), 2, step)
+        for k, v in mni.tissues.as_dict().items()
+    }
     wm, gm = _core(decimated["wm"] > 0.9), _core(decimated["gm"] > 0.9)
     assert wm.sum() > 1000 and gm.sum() > 100
     sigma = np.std((first.lf.data - second.lf.data)[wm | gm]) / np.sqrt(2)
@@ -115,8 +124,12 @@ def test_measured_snr_and_contrast_match_the_request(mni):
 
 
 def test_snr_is_drawn_from_the_t1w_prior(mni_crop):
-    draws = [simulate_low_field(mni_crop.t1, mni_crop.tissues, LowFieldParams.for_factor(8, 1.0), np.random.default_rng(s), upsample=False).info
-             for s in range(6)]
+    draws = [
+        simulate_low_field(
+            mni_crop.t1, mni_crop.tissues, LowFieldParams.for_factor(8, 1.0), np.random.default_rng(s), upsample=False
+        ).info
+        for s in range(6)
+    ]
     wm = np.array([d["snr_wm"] for d in draws])
     assert len(set(wm)) == 6 and np.all((wm > 30) & (wm < 100))
 
@@ -133,8 +146,13 @@ def test_same_seed_same_output_other_seed_differs(mni_crop):
 
 
 def test_without_tissue_maps_they_are_estimated(mni_crop):
-    result = simulate_low_field(mni_crop.t1, None, LowFieldParams.for_factor(8, 1.0, snr_wm=60, snr_gm=50),
-                                np.random.default_rng(0), upsample=False)
+    result = simulate_low_field(
+        mni_crop.t1,
+        None,
+        LowFieldParams.for_factor(8, 1.0, snr_wm=60, snr_gm=50),
+        np.random.default_rng(0),
+        upsample=False,
+    )
     assert result.info["tissue_maps"].startswith("estimated")
     assert result.info["mu_wm"] > result.info["mu_gm"]  # T1w: WM brighter than GM
 

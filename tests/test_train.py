@@ -15,6 +15,7 @@ from diffiqt import config as configs
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
 from diffiqt.train import Trainer, TrainingInterrupted, resume_config, train
 
+
 @pytest.fixture(autouse=True)
 def tiny_networks(monkeypatch):
     tiny_net.install(monkeypatch)
@@ -30,6 +31,7 @@ def weights(run: Path, name: str = "model") -> dict:
 
 # ----------------------------------------------------------------------------- configs
 
+
 def test_presets_resolve_and_validate():
     assert {"paper", "cpu-small"} <= set(configs.list_presets())
     paper = configs.validate(configs.resolve("paper"))
@@ -38,13 +40,16 @@ def test_presets_resolve_and_validate():
     assert configs.validate(configs.resolve("cpu-small")).network.name == "small"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "nope"}, "unknown preset 'nope'"),
-    ({"assignments": ("optim.lrr=1",)}, "unknown config key 'optim.lrr'"),
-    ({"assignments": ("steps=\"many\"",)}, "config key 'steps': expected int"),
-    ({"assignments": ("data.crop=[[1,2]]",)}, None),
-    ({"assignments": ("noequals",)}, "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"preset": "nope"}, "unknown preset 'nope'"),
+        ({"assignments": ("optim.lrr=1",)}, "unknown config key 'optim.lrr'"),
+        ({"assignments": ('steps="many"',)}, "config key 'steps': expected int"),
+        ({"assignments": ("data.crop=[[1,2]]",)}, None),
+        ({"assignments": ("noequals",)}, "KEY=VALUE"),
+    ],
+)
 def test_bad_configs_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as err:
         configs.validate(configs.resolve(**kwargs))
@@ -53,7 +58,7 @@ def test_bad_configs_are_config_errors(kwargs, message):
 
 def test_config_files_json_and_toml_merge_over_presets(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('steps = 7\n[optim]\nlr = 2e-4\n[data.augment]\nenabled = false\n')
+    toml.write_text("steps = 7\n[optim]\nlr = 2e-4\n[data.augment]\nenabled = false\n")
     cfg = configs.resolve("cpu-small", toml, ("seed=3",))
     assert (cfg.steps, cfg.optim.lr, cfg.data.augment.enabled, cfg.seed) == (7, 2e-4, False, 3)
     assert cfg.network.name == "small"  # from the preset
@@ -73,6 +78,7 @@ def test_cli_reports_bad_preset_on_one_line_with_exit_2(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs to a run
+
 
 def test_unknown_network_is_a_config_error_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="no-such-net"):
@@ -135,6 +141,7 @@ def test_interrupt_while_writing_a_checkpoint_leaves_none_half_written(tmp_path,
 
 # ----------------------------------------------------------------------------- exact resume
 
+
 def test_resume_is_bit_exact_including_data_order_augmentation_and_noise(tmp_path):
     """6 steps straight == 3 steps, stop, resume to 6: weights, EMA, optimizer and logged losses."""
     changes = ("data.num_workers=2", "data.augment.enabled=true", "checkpoint_every=3", "val_every=100")
@@ -148,11 +155,14 @@ def test_resume_is_bit_exact_including_data_order_augmentation_and_noise(tmp_pat
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}:{key}"
-    losses = [[row.split(",")[1] for row in (run / "train.csv").read_text().splitlines()[1:]] for run in (straight, split)]
+    losses = [
+        [row.split(",")[1] for row in (run / "train.csv").read_text().splitlines()[1:]] for run in (straight, split)
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 6
 
 
 # ----------------------------------------------------------------------------- networks and baselines
+
 
 def test_supervised_baseline_trains_with_the_same_loop(tmp_path):
     result = train(tiny_config("network.name=tiny-supervised", "steps=4"), tmp_path / "run", progress=False)
@@ -182,11 +192,17 @@ def test_a_run_can_start_from_another_runs_weights(tmp_path):
     for name, tensor in weights(tmp_path / "second").items():
         torch.testing.assert_close(tensor, fresh[name], rtol=0, atol=1e-9, msg=name)
     with pytest.raises(ConfigError, match="width"):
-        train(tiny_config("steps=1", 'network.overrides={"width": 6}', f"init_from={first}"), tmp_path / "third",
-              progress=False)
+        train(
+            tiny_config("steps=1", 'network.overrides={"width": 6}', f"init_from={first}"),
+            tmp_path / "third",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="residual_sigma"):
-        train(tiny_config("steps=1", "diffusion.residual_sigma=0.2", f"init_from={first}"), tmp_path / "fourth",
-              progress=False)
+        train(
+            tiny_config("steps=1", "diffusion.residual_sigma=0.2", f"init_from={first}"),
+            tmp_path / "fourth",
+            progress=False,
+        )
     assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()
 
 
@@ -211,9 +227,18 @@ def test_cli_train_and_resume(tmp_path):
 
 # ----------------------------------------------------------------------------- it learns
 
+
 def _learns(tmp_path, steps, *changes):
-    cfg = tiny_config(f"steps={steps}", 'network.overrides={"width": 8}', "val_every=1000", "checkpoint_every=1000",
-                      "data.val_blocks=4", "diffusion.sample_steps=20", "optim.lr=1e-3", *changes)
+    cfg = tiny_config(
+        f"steps={steps}",
+        'network.overrides={"width": 8}',
+        "val_every=1000",
+        "checkpoint_every=1000",
+        "data.val_blocks=4",
+        "diffusion.sample_steps=20",
+        "optim.lr=1e-3",
+        *changes,
+    )
     return train(cfg, tmp_path / "run", progress=False).val
 
 
@@ -228,6 +253,14 @@ def test_tiny_diffusion_model_beats_cubic_interpolation_on_held_out_anatomy(tmp_
 @pytest.mark.parametrize("network, margin_db", [("tiny", 1.0), ("tiny-supervised", 0.5)])
 def test_longer_training_with_augmentation_beats_interpolation(tmp_path, network, margin_db):
     """400 steps with augmentation (elastic included) and a refreshed pool of simulations, ~10 min on 2 cores."""
-    val = _learns(tmp_path, 400, f"network.name={network}", "data.augment.enabled=true", "data.augment.elastic_probability=0.25",
-                  "data.refresh_every=20", "data.pool_size=3", "data.num_workers=1")
+    val = _learns(
+        tmp_path,
+        400,
+        f"network.name={network}",
+        "data.augment.enabled=true",
+        "data.augment.elastic_probability=0.25",
+        "data.refresh_every=20",
+        "data.pool_size=3",
+        "data.num_workers=1",
+    )
     assert val["val_psnr"] > val["val_psnr_interp"] + margin_db, val

@@ -70,11 +70,23 @@ TINY = {"tiny": TinyDiffusionNet, "tiny-supervised": TinySupervisedNet}
 # Training settings for fast tests: the tiny network on a 64x120x64 crop of the real MNI brain
 # (validation on the crop's anterior slab), 24^3 blocks, no augmentation, checkpoints every 2 steps.
 TINY_TRAINING = (
-    "network.name=tiny", 'network.overrides={"width": 4}', "data.crop=[[60,124],[50,170],[50,114]]",
-    "data.block_size=24", "data.num_workers=0", "data.pool_size=2", "data.refresh_every=2",
-    "data.augment.enabled=false", "data.augment.elastic_probability=0", "data.val_blocks=1",
-    "diffusion.sample_steps=2", "batch_size=2", "log_every=1", "val_every=2", "checkpoint_every=2",
-    "keep_checkpoints=5", "optim.lr=3e-3",
+    "network.name=tiny",
+    'network.overrides={"width": 4}',
+    "data.crop=[[60,124],[50,170],[50,114]]",
+    "data.block_size=24",
+    "data.num_workers=0",
+    "data.pool_size=2",
+    "data.refresh_every=2",
+    "data.augment.enabled=false",
+    "data.augment.elastic_probability=0",
+    "data.val_blocks=1",
+    "diffusion.sample_steps=2",
+    "batch_size=2",
+    "log_every=1",
+    "val_every=2",
+    "checkpoint_every=2",
+    "keep_checkpoints=5",
+    "optim.lr=3e-3",
 )
 
 

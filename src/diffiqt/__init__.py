@@ -48,8 +48,20 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "enhance_scan": ("diffiqt.enhance", "enhance"),
 }
 
-__all__ = ["EnhanceOptions", "EnhanceResult", "LowFieldParams", "LowFieldResult", "Model", "Volume", "__version__",
-           "enhance_scan", "load_model", "load_volume", "save_volume", "simulate_low_field"]  # _EXPORTS and the version
+__all__ = [
+    "EnhanceOptions",
+    "EnhanceResult",
+    "LowFieldParams",
+    "LowFieldResult",
+    "Model",
+    "Volume",
+    "__version__",
+    "enhance_scan",
+    "load_model",
+    "load_volume",
+    "save_volume",
+    "simulate_low_field",
+]  # _EXPORTS and the version
 
 
 def __getattr__(name: str) -> Any:

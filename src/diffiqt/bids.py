@@ -142,8 +142,12 @@ def find_t1w(dataset: Dataset, skip_desc: Collection[str] = DERIVED_DESCS) -> tu
         entities = parse_name(file.name)
         folders = [(part.split("-", 1)[0], part.split("-", 1)[1]) for part in relpath.parts[:-2]]
         if entities is None:
-            problems.append(Problem(relpath, "not a BIDS file name (sub-<label>[_<key>-<value>...]_T1w.nii[.gz], "
-                                             "labels of letters and digits)"))
+            problems.append(
+                Problem(
+                    relpath,
+                    "not a BIDS file name (sub-<label>[_<key>-<value>...]_T1w.nii[.gz], labels of letters and digits)",
+                )
+            )
         elif [pair for pair in entities if pair[0] in ("sub", "ses")] != folders or entities[0][0] != "sub":
             problems.append(Problem(relpath, f"its name's sub/ses entities do not match its folders {relpath.parent}"))
         elif dict(entities).get("desc") not in skip_desc:
@@ -169,9 +173,11 @@ def labels(values: Iterable[str], entity: str) -> list[str]:
     """``--participant-label`` / ``--session-label`` values without their optional ``sub-`` / ``ses-`` prefix."""
     out = []
     for value in values:
-        label = value[len(entity) + 1:] if value.startswith(f"{entity}-") else value
+        label = value[len(entity) + 1 :] if value.startswith(f"{entity}-") else value
         if not LABEL.fullmatch(label):
-            raise ConfigError(f"{entity} label {value!r}: a BIDS label is letters and digits (optionally after '{entity}-')")
+            raise ConfigError(
+                f"{entity} label {value!r}: a BIDS label is letters and digits (optionally after '{entity}-')"
+            )
         out.append(label)
     return out
 
@@ -179,8 +185,8 @@ def labels(values: Iterable[str], entity: str) -> list[str]:
 def in_selection(relpath: PurePosixPath, participants: Collection[str], sessions: Collection[str]) -> bool:
     """Does a file lie in the folders of the selected participants and sessions (empty: all of them)?"""
     parts = relpath.parts
-    subject = parts[0][len("sub-"):]
-    session = parts[1][len("ses-"):] if len(parts) > 3 else None
+    subject = parts[0][len("sub-") :]
+    session = parts[1][len("ses-") :] if len(parts) > 3 else None
     return (not participants or subject in participants) and (not sessions or session in sessions)
 
 
@@ -197,7 +203,9 @@ def select(dataset: Dataset, scans: list[Scan], participants: Collection[str], s
     chosen = [scan for scan in scans if in_selection(scan.relpath, participants, ())]
     for label in sessions:
         if not any(scan.session == label for scan in chosen):
-            raise InputError(f"--session-label {label}: no T1w scan of ses-{label} in the selected participants of {dataset.root}")
+            raise InputError(
+                f"--session-label {label}: no T1w scan of ses-{label} in the selected participants of {dataset.root}"
+            )
     return [scan for scan in chosen if in_selection(scan.relpath, (), sessions)]
 
 
@@ -210,13 +218,17 @@ def check_output_root(dataset: Dataset, out: Path) -> None:
     the derivative of another dataset.
     """
     if out.suffix or (out.exists() and not out.is_dir()):
-        raise OutputError(f"{out}: the input is a BIDS dataset, so --out must be a folder (e.g. {dataset.root / 'derivatives' / 'diffiqt'})")
+        raise OutputError(
+            f"{out}: the input is a BIDS dataset, so --out must be a folder (e.g. {dataset.root / 'derivatives' / 'diffiqt'})"
+        )
     resolved = out.resolve()
     if resolved == dataset.root or dataset.root in resolved.parents:
         inside = resolved.relative_to(dataset.root).parts
         if not inside or inside[0] != "derivatives" or len(inside) == 1:
-            raise OutputError(f"{out}: inside the input dataset; write derivatives to a folder under "
-                              f"{dataset.root / 'derivatives'} (e.g. derivatives/diffiqt) or outside it")
+            raise OutputError(
+                f"{out}: inside the input dataset; write derivatives to a folder under "
+                f"{dataset.root / 'derivatives'} (e.g. derivatives/diffiqt) or outside it"
+            )
     if not (out / DESCRIPTION).exists():
         return
     existing = read_dataset(out)
@@ -240,8 +252,13 @@ def derivative_description(dataset: Dataset, out: Path, version: str, what: str)
         "Name": f"diffiqt {what}" + (f" of {name}" if isinstance(name, str) and name else ""),
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "diffiqt", "Version": version,
-                         "Description": "low-field brain MRI enhancement with a 3D conditional diffusion model"}],
+        "GeneratedBy": [
+            {
+                "Name": "diffiqt",
+                "Version": version,
+                "Description": "low-field brain MRI enhancement with a 3D conditional diffusion model",
+            }
+        ],
         "DatasetLinks": {INPUT_LINK: link},
     }
 

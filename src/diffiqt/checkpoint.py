@@ -69,10 +69,17 @@ def check_fits(module: Network, tensors: dict[str, torch.Tensor], where: str) ->
     unexpected = sorted(set(tensors) - set(expected))
     wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k]]
     if missing or unexpected or wrong:
-        problem = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
-                   else f"{wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)}, the network needs {expected[wrong[0]]}")
-        raise ConfigError(f"{where}: weights do not fit network {module.name!r} ({problem}; "
-                          f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped)")
+        problem = (
+            f"missing {missing[0]!r}"
+            if missing
+            else f"unexpected {unexpected[0]!r}"
+            if unexpected
+            else f"{wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)}, the network needs {expected[wrong[0]]}"
+        )
+        raise ConfigError(
+            f"{where}: weights do not fit network {module.name!r} ({problem}; "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped)"
+        )
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -145,8 +152,9 @@ class Checkpoint:
         return from_dict(TrainConfig, self.meta["train"])
 
 
-def save_checkpoint(run_dir: Path, step: int, meta: dict, model: nn.Module, ema: nn.Module,
-                    optimizer: torch.optim.Optimizer | None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, meta: dict, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> Path:
     """Write ``run_dir/checkpoints/step_NNNNNNNN`` atomically; returns its path.
 
     ``meta`` must hold "network" and "train"; the format tag, step and optimizer
@@ -189,7 +197,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
+    )
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -217,7 +227,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         meta = json.loads((folder / "config.json").read_text())
     except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{folder / 'config.json'}: corrupt checkpoint metadata ({str(exc).splitlines()[0]})") from None
+        raise InputError(
+            f"{folder / 'config.json'}: corrupt checkpoint metadata ({str(exc).splitlines()[0]})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{folder}: not a diffiqt checkpoint (config.json lacks format {FORMAT!r})")
     if meta.get("version") != VERSION or not isinstance(meta.get("network"), dict) or "train" not in meta:
@@ -225,7 +237,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(folder, meta)
 
 
-def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Network, TrainConfig]:
+def load_model(
+    path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+) -> tuple[Network, TrainConfig]:
     """(network in eval mode, its training config) from a checkpoint or run folder.
 
     ``weights`` is "ema" (the averaged weights, best for inference) or "model".

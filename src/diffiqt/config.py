@@ -69,7 +69,9 @@ class DataConfig:
     # Networks on the low-field grid (network setting slice_fold > 1): blocks of block_size² x slice_block
     # voxels with the slice axis last and the block's first slice on a thick-slice centre. None: cubes.
     slice_block: int | None = None
-    layout: Layout = "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
+    layout: Layout = (
+        "auto"  # "patches" (3x3x3 grid of patches), "volume" (whole block), "auto": patches iff cross-batch
+    )
     lf_factor: float = 8.0  # decimation factor in the slice direction (paper: x8)
     # Non-empty: each simulated pair draws its factor from this list (repeat a value to weight it), so that
     # one model covers clinical spacings (x5 of 1 mm is a 5 mm spacing) besides the paper's x8.
@@ -222,7 +224,9 @@ def read_file(path: str | Path) -> dict:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not a valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} config ({reason})") from None
+        raise ConfigError(
+            f"{path}: not a valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} config ({reason})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a JSON object / TOML table")
     return data
@@ -256,7 +260,9 @@ def parse_assignment(text: str) -> dict:
     return out
 
 
-def resolve(preset: str | None = None, file: str | Path | None = None, assignments: tuple[str, ...] = ()) -> TrainConfig:
+def resolve(
+    preset: str | None = None, file: str | Path | None = None, assignments: tuple[str, ...] = ()
+) -> TrainConfig:
     """Defaults, then the preset, then the file, then ``KEY=VALUE`` assignments, in that order; validated."""
     data = preset_dict(preset) if preset else {}
     if file is not None:
@@ -279,13 +285,22 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
         (all(f > 1.0 for f in cfg.data.lf_factors), "data.lf_factors must all be > 1"),
         (cfg.data.slice_block is None or cfg.data.slice_block >= 8, "data.slice_block must be >= 8 (or null)"),
-        (cfg.data.slice_block is None or not cfg.data.pairs_file, "data.slice_block needs simulated pairs, not a pairs_file"),
+        (
+            cfg.data.slice_block is None or not cfg.data.pairs_file,
+            "data.slice_block needs simulated pairs, not a pairs_file",
+        ),
         (0.0 <= cfg.diffusion.mean_fraction <= 1.0, "diffusion.mean_fraction must be in [0, 1]"),
         (cfg.data.lf_axis in (0, 1, 2, None), "data.lf_axis must be 0, 1, 2 or null (a random axis per pair)"),
         (bool(cfg.data.sources), "data.sources is empty"),
-        (not cfg.data.source_weights or (len(cfg.data.source_weights) == len(cfg.data.sources)
-                                          and min(cfg.data.source_weights) >= 0 and sum(cfg.data.source_weights) > 0),
-         "data.source_weights must give one non-negative weight per source (not all zero), or be empty"),
+        (
+            not cfg.data.source_weights
+            or (
+                len(cfg.data.source_weights) == len(cfg.data.sources)
+                and min(cfg.data.source_weights) >= 0
+                and sum(cfg.data.source_weights) > 0
+            ),
+            "data.source_weights must give one non-negative weight per source (not all zero), or be empty",
+        ),
         (cfg.max_minutes is None or cfg.max_minutes > 0, "max_minutes must be > 0 (or null: no time limit)"),
         # Adam moves each weight by about lr per step, and the weights are of order 1: above 1 the run diverges.
         (0.0 < cfg.optim.lr <= 1.0, "optim.lr must be in (0, 1]"),
@@ -293,11 +308,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.optim.grad_clip > 0, "optim.grad_clip must be > 0 (the largest gradient norm a step may take)"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (0.0 <= cfg.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)"),
-        (len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas),
-         "optim.betas must be two numbers in [0, 1)"),
+        (
+            len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas),
+            "optim.betas must be two numbers in [0, 1)",
+        ),
         (cfg.diffusion.sample_steps >= 1, "diffusion.sample_steps must be >= 1"),
-        (min(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.keep_checkpoints) >= 1,
-         "log_every, val_every, checkpoint_every and keep_checkpoints must be >= 1"),
+        (
+            min(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.keep_checkpoints) >= 1,
+            "log_every, val_every, checkpoint_every and keep_checkpoints must be >= 1",
+        ),
     ]
     _check_choices(cfg)
     if not DEVICE_PATTERN.fullmatch(cfg.device):
@@ -307,9 +326,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(message)
     overlap = _overlapping_sources(cfg.data.sources, cfg.data.val_sources)
     if overlap is not None:
-        raise ConfigError(f"data.val_sources {overlap[1]!r} overlaps the training source {overlap[0]!r}: validation "
-                          "must be on brains the model does not train on")
-    if cfg.data.crop is not None and (len(cfg.data.crop) != 3 or any(len(r) != 2 or r[0] >= r[1] for r in cfg.data.crop)):
+        raise ConfigError(
+            f"data.val_sources {overlap[1]!r} overlaps the training source {overlap[0]!r}: validation "
+            "must be on brains the model does not train on"
+        )
+    if cfg.data.crop is not None and (
+        len(cfg.data.crop) != 3 or any(len(r) != 2 or r[0] >= r[1] for r in cfg.data.crop)
+    ):
         raise ConfigError("data.crop must be [[x0, x1], [y0, y1], [z0, z1]] with x0 < x1 etc.")
     return cfg
 

@@ -33,8 +33,15 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from diffiqt.config import AugmentConfig, DataConfig
-from diffiqt.datasets import (BUNDLED, BrainSample, TissueMaps, list_user_folder, load_bundled, load_user_volume,
-                              held_out_identity)
+from diffiqt.datasets import (
+    BUNDLED,
+    BrainSample,
+    TissueMaps,
+    list_user_folder,
+    load_bundled,
+    load_user_volume,
+    held_out_identity,
+)
 from diffiqt.errors import ConfigError
 
 HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
@@ -46,6 +53,7 @@ _PAIR, _BLOCKS, _VALIDATION = 1, 2, 3
 
 
 # ----------------------------------------------------------------------------- normalisation
+
 
 def foreground(lf: np.ndarray) -> np.ndarray:
     """Head voxels of an LF volume: above 10% of its 99.5th percentile (bool, same shape)."""
@@ -75,6 +83,7 @@ def denormalise(x, scale: float):
 
 
 # ----------------------------------------------------------------------------- sources
+
 
 @functools.lru_cache(maxsize=4)
 def _bundled(name: str) -> BrainSample:
@@ -110,7 +119,9 @@ def crop_sample(sample: BrainSample, lower, upper) -> BrainSample:
     """The sub-volume [lower, upper) of a brain, its tissue maps and mask."""
     lower, upper = np.maximum(np.asarray(lower, int), 0), np.minimum(np.asarray(upper, int), sample.t1.shape)
     if np.any(upper <= lower):
-        raise ConfigError(f"crop {lower.tolist()}..{upper.tolist()} is empty for {sample.name} of shape {sample.t1.shape}")
+        raise ConfigError(
+            f"crop {lower.tolist()}..{upper.tolist()} is empty for {sample.name} of shape {sample.t1.shape}"
+        )
     box = tuple(slice(a, b) for a, b in zip(lower, upper))
     tissues = None
     if sample.tissues is not None:
@@ -135,8 +146,10 @@ def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[Br
     held = max(block, int(round(fraction * (ys[-1] + 1 - ys[0]))))
     cut = ys[-1] + 1 - held
     if cut < block:
-        raise ConfigError(f"{sample.name} is too small to hold out a {held}-voxel validation slab and keep "
-                          f"a {block}-voxel training block; give data.val_sources")
+        raise ConfigError(
+            f"{sample.name} is too small to hold out a {held}-voxel validation slab and keep "
+            f"a {block}-voxel training block; give data.val_sources"
+        )
     shape = sample.t1.shape
     return crop_sample(sample, (0, 0, 0), (shape[0], cut, shape[2])), crop_sample(sample, (0, cut, 0), shape)
 
@@ -174,6 +187,7 @@ def model_voxel_mm(samples: list[BrainSample]) -> float:
 
 # ----------------------------------------------------------------------------- pairs
 
+
 @dataclass
 class Pair:
     """One normalised training pair on the HF grid, each dimension at least one block.
@@ -208,21 +222,29 @@ def augment(sample: BrainSample, cfg: AugmentConfig, seed: int) -> BrainSample:
     images = {"t1": sample.t1.data}
     if sample.tissues is not None:
         images.update({k: v.data for k, v in sample.tissues.as_dict().items()})
-    subject = tio.Subject(**{k: tio.ScalarImage(tensor=torch.from_numpy(v[None].copy()), affine=sample.t1.affine)
-                             for k, v in images.items()})
-    transform = tio.Compose([
-        tio.RandomAffine(scales=cfg.scales, degrees=cfg.degrees, default_pad_value=0.0),
-        tio.RandomElasticDeformation(max_displacement=cfg.max_displacement_mm, p=cfg.elastic_probability),
-        tio.RandomBiasField(coefficients=cfg.bias_coefficients, include=["t1"]),
-        tio.RandomGamma(log_gamma=cfg.log_gamma, include=["t1"]),
-    ])
+    subject = tio.Subject(
+        **{
+            k: tio.ScalarImage(tensor=torch.from_numpy(v[None].copy()), affine=sample.t1.affine)
+            for k, v in images.items()
+        }
+    )
+    transform = tio.Compose(
+        [
+            tio.RandomAffine(scales=cfg.scales, degrees=cfg.degrees, default_pad_value=0.0),
+            tio.RandomElasticDeformation(max_displacement=cfg.max_displacement_mm, p=cfg.elastic_probability),
+            tio.RandomBiasField(coefficients=cfg.bias_coefficients, include=["t1"]),
+            tio.RandomGamma(log_gamma=cfg.log_gamma, include=["t1"]),
+        ]
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = transform(subject).get_images_dict(intensity_only=False)
     data = {k: out[k].data[0].numpy() for k in images}
     tissues = None
     if sample.tissues is not None:
-        tissues = TissueMaps(**{k: v.with_data(np.clip(data[k], 0.0, 1.0)) for k, v in sample.tissues.as_dict().items()})
+        tissues = TissueMaps(
+            **{k: v.with_data(np.clip(data[k], 0.0, 1.0)) for k, v in sample.tissues.as_dict().items()}
+        )
     return replace(sample, t1=sample.t1.with_data(np.maximum(data["t1"], 0.0)), tissues=tissues)
 
 
@@ -305,6 +327,7 @@ def random_corner(pair: Pair, shape: tuple[int, int, int], rng: np.random.Genera
 
 # ----------------------------------------------------------------------------- streaming
 
+
 def pooled_pair_serial(slot: int, refreshes: int, pool_size: int) -> int:
     """Serial number of the pair in ``slot`` after ``refreshes`` round-robin replacements.
 
@@ -320,8 +343,15 @@ class BlockStream(IterableDataset):
     rank, b, num_workers); ``start_batch`` resumes the stream exactly.
     """
 
-    def __init__(self, samples: list[BrainSample], cfg: DataConfig, batch_size: int, seed: int,
-                 rank: int = 0, start_batch: int = 0):
+    def __init__(
+        self,
+        samples: list[BrainSample],
+        cfg: DataConfig,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start_batch: int = 0,
+    ):
         self.samples, self.cfg, self.batch_size = samples, cfg, batch_size
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
         self.lanes = max(1, cfg.num_workers)
@@ -366,8 +396,9 @@ class StoredPairStream(BlockStream):
     other flips would show orientations that enhancement (RAS+ inputs) never meets.
     """
 
-    def __init__(self, pairs: list[Pair], cfg: DataConfig, batch_size: int, seed: int,
-                 rank: int = 0, start_batch: int = 0):
+    def __init__(
+        self, pairs: list[Pair], cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, start_batch: int = 0
+    ):
         super().__init__([], cfg, batch_size, seed, rank, start_batch)
         self.pairs = pairs
 
@@ -381,15 +412,23 @@ class StoredPairStream(BlockStream):
             mirror = slice(None, None, -1 if rng.random() < 0.5 else 1)  # axis 0 of RAS+ runs left to right
             targets.append(target[mirror])
             conds.append(cond[mirror])
-        return {"target": torch.from_numpy(np.stack(targets)[:, None].copy()),
-                "cond": torch.from_numpy(np.stack(conds)[:, None].copy())}
+        return {
+            "target": torch.from_numpy(np.stack(targets)[:, None].copy()),
+            "cond": torch.from_numpy(np.stack(conds)[:, None].copy()),
+        }
 
 
 def make_loader(stream: BlockStream) -> DataLoader:
     """A DataLoader over ``stream`` with its configured workers (batches are built by the stream)."""
     workers = stream.cfg.num_workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                      prefetch_factor=2 if workers else None, worker_init_fn=_ignore_stop_signals if workers else None)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+        worker_init_fn=_ignore_stop_signals if workers else None,
+    )
 
 
 def _ignore_stop_signals(worker: int) -> None:
@@ -414,4 +453,8 @@ def validation_blocks(samples: list[BrainSample], cfg: DataConfig, seed: int) ->
         shape = block_shape(cfg)
         blocks += [cut_block(pair, random_corner(pair, shape, rng), shape) for _ in range(cfg.val_blocks)]
     stacked = [np.stack([b[i] for b in blocks])[:, None].copy() for i in range(3)]
-    return {"target": torch.from_numpy(stacked[0]), "cond": torch.from_numpy(stacked[1]), "mask": torch.from_numpy(stacked[2])}
+    return {
+        "target": torch.from_numpy(stacked[0]),
+        "cond": torch.from_numpy(stacked[1]),
+        "mask": torch.from_numpy(stacked[2]),
+    }

@@ -148,8 +148,10 @@ class HeldOutIdentity:
         """InputError if the training source ``spec`` (or a brain it loaded) is, lies beside or copies a test
         brain: its folder holds other images of the test subject (e.g. Colin27's ch2better)."""
         if spec in self.names:
-            raise InputError(f"{spec} is a test brain (held out for every reported figure); train and validate on "
-                             "other brains (empty data.val_sources holds out part of each training brain)")
+            raise InputError(
+                f"{spec} is a test brain (held out for every reported figure); train and validate on "
+                "other brains (empty data.val_sources holds out part of each training brain)"
+            )
         paths = [Path(spec)] + ([sample.t1.source.path] if sample is not None and sample.t1.source else [])
         for path in paths:
             resolved = path.resolve()
@@ -168,8 +170,12 @@ def voxel_hash(volume: Volume) -> str:
 def held_out_identity() -> HeldOutIdentity:
     """The test brains' names, files and voxel hashes (read once per process; names only without mricron-data)."""
     files = [p.resolve() for p in (COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz") if p.is_file()]
-    return HeldOutIdentity(frozenset(TEST_BRAINS), frozenset(files), frozenset(f.parent for f in files),
-                             frozenset(voxel_hash(load_volume(f)) for f in files))
+    return HeldOutIdentity(
+        frozenset(TEST_BRAINS),
+        frozenset(files),
+        frozenset(f.parent for f in files),
+        frozenset(voxel_hash(load_volume(f)) for f in files),
+    )
 
 
 def available_bundled() -> list[str]:
@@ -251,7 +257,8 @@ def list_user_folder(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
     files = sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and has_image_suffix(p) and "_pve_" not in p.name and not p.name.startswith(".")
     )
     if not files:

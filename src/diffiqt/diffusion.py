@@ -77,7 +77,7 @@ def residual_preconditioning(t: Tensor, residual_sigma: float) -> tuple[Tensor, 
     unit variance at every t. Same shape as t.
     """
     s2 = torch.exp(-logsnr(t))  # s^2 = sigma^2 / alpha^2
-    r2 = residual_sigma ** 2
+    r2 = residual_sigma**2
     return r2 / (s2 + r2), torch.sqrt(s2 * r2 / (s2 + r2))
 
 
@@ -120,8 +120,9 @@ def reconstruction_loss(prediction: Tensor, target: Tensor, kind: str = "mse") -
     raise ValueError(f"unknown loss {kind!r}; choose mse or l1")
 
 
-def diffusion_loss(denoiser: Callable, target: Tensor, cond: Tensor, t: Tensor, noise: Tensor,
-                   kind: str = "mse", **net_kwargs) -> Tensor:
+def diffusion_loss(
+    denoiser: Callable, target: Tensor, cond: Tensor, t: Tensor, noise: Tensor, kind: str = "mse", **net_kwargs
+) -> Tensor:
     """The paper's Algorithm 1: || x - x_hat(alpha_t x + sigma_t eps, x_c, t) ||^2, averaged.
 
     target, cond, noise: [B, 1, D, H, W]; t: [B] drawn from U(0, 1) by the caller
@@ -199,8 +200,15 @@ def _sample(step_fn, denoiser, cond, times, generator, callback, noise, net_kwar
     return x
 
 
-def sample_paper(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
-                 callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+def sample_paper(
+    denoiser: Callable,
+    cond: Tensor,
+    steps: int = DEFAULT_STEPS,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+    noise: Tensor | None = None,
+    **net_kwargs,
+) -> Tensor:
     """The paper's Algorithm 2: x_s = alpha_s x_hat(x_t) + sigma_s eps with fresh eps at every step.
 
     cond: [B, 1, D, H, W] (any batch layout the network accepts). ``noise`` is the
@@ -212,14 +220,28 @@ def sample_paper(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, g
     return _sample(_paper_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
-def sample_ancestral(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
-                     callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+def sample_ancestral(
+    denoiser: Callable,
+    cond: Tensor,
+    steps: int = DEFAULT_STEPS,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+    noise: Tensor | None = None,
+    **net_kwargs,
+) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x_hat); arguments as :func:`sample_paper`."""
     return _sample(_ancestral_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
-def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
-                callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+def sample_ddim(
+    denoiser: Callable,
+    cond: Tensor,
+    steps: int = DEFAULT_STEPS,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+    noise: Tensor | None = None,
+    **net_kwargs,
+) -> Tensor:
     """Deterministic DDIM (randomness only in the starting noise); arguments as :func:`sample_paper`."""
     return _sample(_ddim_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
@@ -227,13 +249,21 @@ def sample_ddim(denoiser: Callable, cond: Tensor, steps: int = DEFAULT_STEPS, ge
 REFINE_START = 0.4  # noise level the refinement chain starts from (chosen on validation brains, docs/model-card.md)
 
 
-def sample_refine(denoiser: Callable, cond: Tensor, steps: int = 20, generator: torch.Generator | None = None,
-                  callback: Callable | None = None, noise: Tensor | None = None, **net_kwargs) -> Tensor:
+def sample_refine(
+    denoiser: Callable,
+    cond: Tensor,
+    steps: int = 20,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+    noise: Tensor | None = None,
+    **net_kwargs,
+) -> Tensor:
     """The posterior mean, refined: ancestral steps on :func:`refine_times` (a jump from t = 1 to
     :data:`REFINE_START`, then evenly to 0). A sample stays near the mean, which a model trained for
     the mean at t = 1 (``diffusion.mean_fraction``) predicts best; arguments as :func:`sample_paper`."""
-    return _sample(_ancestral_step, denoiser, cond, refine_times(steps, REFINE_START), generator, callback, noise,
-                   net_kwargs)
+    return _sample(
+        _ancestral_step, denoiser, cond, refine_times(steps, REFINE_START), generator, callback, noise, net_kwargs
+    )
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {

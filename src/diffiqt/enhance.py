@@ -120,14 +120,26 @@ def load_model(spec: str | Path) -> Model:
     ref = resolve_model(spec)
     if ref.name is not None:
         net, card = load_shipped(ref.name)
-        return Model(net, float(card["voxel_mm"]), f"shipped model {ref.name} (step {card.get('step')})", card.get("warning"),
-                     card.get("residual_sigma"), int(card.get("sample_steps", DEFAULT_STEPS)),
-                     str(card.get("sampler", DEFAULT_SAMPLER)))
+        return Model(
+            net,
+            float(card["voxel_mm"]),
+            f"shipped model {ref.name} (step {card.get('step')})",
+            card.get("warning"),
+            card.get("residual_sigma"),
+            int(card.get("sample_steps", DEFAULT_STEPS)),
+            str(card.get("sampler", DEFAULT_SAMPLER)),
+        )
     meta = checkpoint.read_checkpoint(ref.path)
     net, cfg = checkpoint.load_model(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
-    return Model(net, voxel_mm, f"{meta.folder} (step {meta.step})", residual_sigma=cfg.diffusion.residual_sigma,
-                 steps=cfg.diffusion.sample_steps, sampler=cfg.diffusion.sampler)
+    return Model(
+        net,
+        voxel_mm,
+        f"{meta.folder} (step {meta.step})",
+        residual_sigma=cfg.diffusion.residual_sigma,
+        steps=cfg.diffusion.sample_steps,
+        sampler=cfg.diffusion.sampler,
+    )
 
 
 def head_box(lf: np.ndarray, cell, margin: int, phase: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +184,9 @@ def insert(array: np.ndarray, box: np.ndarray, lower: np.ndarray) -> None:
     """The inverse of :func:`extract`: write ``box`` back where it overlaps ``array``."""
     upper = lower + np.array(box.shape)
     src_lo, src_hi = np.maximum(lower, 0), np.minimum(upper, array.shape)
-    array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))] = box[tuple(slice(a - lo, b - lo) for a, b, lo in zip(src_lo, src_hi, lower))]
+    array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))] = box[
+        tuple(slice(a - lo, b - lo) for a, b, lo in zip(src_lo, src_hi, lower))
+    ]
 
 
 class ChunkedDenoiser(nn.Module):
@@ -213,7 +227,9 @@ def chunk_size(box: tuple[int, ...], max_voxels: int | None, cell) -> np.ndarray
         raise ConfigError(f"max_voxels={max_voxels} is smaller than one {'x'.join(map(str, cell))} cell")
     edge = cell.copy()
     while True:  # grow the shortest edge by one cell while the chunk still fits and is smaller than the box
-        growable = [a for a in range(3) if edge[a] < box[a] and np.prod(edge) // edge[a] * (edge[a] + cell[a]) <= max_voxels]
+        growable = [
+            a for a in range(3) if edge[a] < box[a] and np.prod(edge) // edge[a] * (edge[a] + cell[a]) <= max_voxels
+        ]
         if not growable:
             return edge
         axis = min(growable, key=lambda a: edge[a])
@@ -242,14 +258,17 @@ def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Ca
         return SAMPLERS[sampler](denoiser, batch, steps, generator, callback, layout="volume")
 
 
-def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
-            on_step: Callable[[int], None] | None = None) -> EnhanceResult:
+def enhance(
+    lf: Volume, model: Model, options: EnhanceOptions | None = None, on_step: Callable[[int], None] | None = None
+) -> EnhanceResult:
     """Enhance one low-field scan; see the module docstring. ``on_step(i)`` reports sampler progress."""
     options = options or EnhanceOptions()
     cond_volume = to_isotropic(lf, model.voxel_mm)
     if min(cond_volume.shape) < model.cell:
-        raise InputError(f"the scan is too small: {cond_volume.shape} voxels of {model.voxel_mm} mm; "
-                         f"every side must span at least one {model.cell}-voxel cell")
+        raise InputError(
+            f"the scan is too small: {cond_volume.shape} voxels of {model.voxel_mm} mm; "
+            f"every side must span at least one {model.cell}-voxel cell"
+        )
     scale = data.lf_scale(cond_volume.data)
     margin = int(round(HEAD_MARGIN_MM / model.voxel_mm))
     axis = slice_axis(lf)
@@ -275,8 +294,15 @@ def enhance(lf: Volume, model: Model, options: EnhanceOptions | None = None,
     if options.samples > 1:
         std = np.zeros_like(mean)
         insert(std, data.denormalise(samples.std(axis=0), scale), lower)
-    info = {"scale": scale, "box_lower": lower.tolist(), "box_upper": upper.tolist(), "model": model.description,
-            "steps": options.steps_for(model), "sampler": options.sampler_for(model), "samples": options.samples,
-            "seed": options.seed,
-            "voxel_mm": model.voxel_mm}
+    info = {
+        "scale": scale,
+        "box_lower": lower.tolist(),
+        "box_upper": upper.tolist(),
+        "model": model.description,
+        "steps": options.steps_for(model),
+        "sampler": options.sampler_for(model),
+        "samples": options.samples,
+        "seed": options.seed,
+        "voxel_mm": model.voxel_mm,
+    }
     return EnhanceResult(cond_volume.with_data(mean), cond_volume.with_data(std) if std is not None else None, info)

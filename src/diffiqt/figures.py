@@ -34,8 +34,14 @@ def view_slice(volume: Volume, world_point: np.ndarray, view: str, reference: Vo
     return np.rot90(plane)  # RAS+: show superior/anterior up
 
 
-def montage(panels: list[tuple[str, Volume]], path: str | Path, *, world_point=None, title: str | None = None,
-            diverging: frozenset[str] | set[str] = frozenset()) -> Path:
+def montage(
+    panels: list[tuple[str, Volume]],
+    path: str | Path,
+    *,
+    world_point=None,
+    title: str | None = None,
+    diverging: frozenset[str] | set[str] = frozenset(),
+) -> Path:
     """Write a rows=views x columns=panels PNG. All panels are sampled on the first panel's grid.
 
     ``world_point`` defaults to the centre of the first volume's nonzero region.

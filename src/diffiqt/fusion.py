@@ -84,8 +84,10 @@ def check_scans(scans: Sequence[Volume]) -> None:
         common = np.clip(np.minimum(upper, upper0) - np.maximum(lower, lower0), 0, None)
         share = float(np.prod(common) / np.prod(upper0 - lower0))
         if share < MIN_OVERLAP:
-            raise InputError(f"scan {index} covers {100 * share:.0f}% of scan 1's field of view in world "
-                             f"coordinates (at least {100 * MIN_OVERLAP:.0f}% needed): not scans of one session?")
+            raise InputError(
+                f"scan {index} covers {100 * share:.0f}% of scan 1's field of view in world "
+                f"coordinates (at least {100 * MIN_OVERLAP:.0f}% needed): not scans of one session?"
+            )
 
 
 def register_rigid(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
@@ -106,8 +108,9 @@ def register_rigid(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.02, seed)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=150,
-                                                    relaxationFactor=0.6)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=150, relaxationFactor=0.6
+    )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel([4, 2])
     method.SetSmoothingSigmasPerLevel([2.0, 1.0])
@@ -121,8 +124,9 @@ def register_rigid(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
     return matrix
 
 
-def onto_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int],
-              world: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def onto_grid(
+    volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], world: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(``volume`` sampled cubically on the grid, bool: where the grid lies inside ``volume``'s field of
     view); ``world`` (4x4, from :func:`register_rigid`) moves each grid point first."""
     placed = volume if world is None else Volume(volume.data, np.linalg.inv(world) @ volume.affine)
@@ -130,16 +134,28 @@ def onto_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int],
     ones = Volume(np.ones(volume.shape, np.float32), placed.affine)
     # Linear sampling of ones with zeros beyond the edges: > 0.5 inside the field of view (half a voxel out).
     target_to_source = np.linalg.inv(ones.affine) @ affine
-    inside = ndimage.affine_transform(ones.data, target_to_source[:3, :3], offset=target_to_source[:3, 3],
-                                      output_shape=shape, order=1, mode="constant", cval=0.0) > 0.5
+    inside = (
+        ndimage.affine_transform(
+            ones.data,
+            target_to_source[:3, :3],
+            offset=target_to_source[:3, 3],
+            output_shape=shape,
+            order=1,
+            mode="constant",
+            cval=0.0,
+        )
+        > 0.5
+    )
     return values, inside
 
 
-def fourier_weights(shape: tuple[int, int, int], affine: np.ndarray,
-                    geometry: Sequence[tuple[np.ndarray, float]]) -> list[np.ndarray]:
+def fourier_weights(
+    shape: tuple[int, int, int], affine: np.ndarray, geometry: Sequence[tuple[np.ndarray, float]]
+) -> list[np.ndarray]:
     """Per-scan weights over the rfftn frequencies of the grid (``affine``), normalised to sum to 1."""
-    frequencies = np.meshgrid(np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]), np.fft.rfftfreq(shape[2]),
-                              indexing="ij", sparse=True)  # cycles per voxel
+    frequencies = np.meshgrid(
+        np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]), np.fft.rfftfreq(shape[2]), indexing="ij", sparse=True
+    )  # cycles per voxel
     to_world = np.linalg.inv(affine[:3, :3]).T  # a wave f·voxel has the world wave vector M^-T f (cycles/mm)
     weights = []
     for direction, spacing in geometry:
@@ -164,8 +180,13 @@ def covered_mean(values: Sequence[np.ndarray], inside: Sequence[np.ndarray]) -> 
     return total / np.sum([m.astype(np.float32) for m in inside], axis=0)
 
 
-def fuse_volumes(values: Sequence[np.ndarray], inside: Sequence[np.ndarray], affine: np.ndarray,
-                 geometry: Sequence[tuple[np.ndarray, float]], method: str) -> np.ndarray:
+def fuse_volumes(
+    values: Sequence[np.ndarray],
+    inside: Sequence[np.ndarray],
+    affine: np.ndarray,
+    geometry: Sequence[tuple[np.ndarray, float]],
+    method: str,
+) -> np.ndarray:
     """Fuse matched volumes on one grid; the first covers the whole grid, the others where ``inside``."""
     mean = covered_mean(values, inside)
     if method == "mean":
@@ -195,8 +216,10 @@ def fuse(estimates: Sequence[ScanEstimate], options: FusionOptions | None = None
         world = register_rigid(reference, estimate.mean, seed=index) if options.register and index else None
         value, covered = onto_grid(estimate.mean, affine, shape, world)
         if index and (covered & head).sum() < MIN_OVERLAP * head.sum():
-            raise InputError(f"scan {index + 1} covers less than {100 * MIN_OVERLAP:.0f}% of scan 1's head"
-                             + (" after registration" if world is not None else ""))
+            raise InputError(
+                f"scan {index + 1} covers less than {100 * MIN_OVERLAP:.0f}% of scan 1's head"
+                + (" after registration" if world is not None else "")
+            )
         gain, offset = intensity_match(value, reference.data, head & covered, blur) if index else (1.0, 0.0)
         values.append(gain * value + offset)
         inside.append(covered)
@@ -209,15 +232,25 @@ def fuse(estimates: Sequence[ScanEstimate], options: FusionOptions | None = None
     spread = covered_mean([(v - mean) ** 2 for v in values], inside)
     sampling = sum(variances) / len(variances) if len(variances) == len(estimates) else 0.0
     std = np.sqrt(spread + sampling).astype(np.float32)
-    info = {"method": options.method, "register": options.register, "scans": len(estimates),
-            "world_transforms": transforms, "intensity_gain_offset": intensity,
-            "slice_directions": [g[0].tolist() for g in geometry], "slice_spacings_mm": [g[1] for g in geometry]}
+    info = {
+        "method": options.method,
+        "register": options.register,
+        "scans": len(estimates),
+        "world_transforms": transforms,
+        "intensity_gain_offset": intensity,
+        "slice_directions": [g[0].tolist() for g in geometry],
+        "slice_spacings_mm": [g[1] for g in geometry],
+    }
     return FusionResult(reference.with_data(fused), reference.with_data(std), info)
 
 
-def enhance_and_fuse(scans: Sequence[Volume], model: Model, options: EnhanceOptions | None = None,
-                     fusion: FusionOptions | None = None,
-                     on_scan: Callable[[int], Callable[[int], None] | None] | None = None) -> FusionResult:
+def enhance_and_fuse(
+    scans: Sequence[Volume],
+    model: Model,
+    options: EnhanceOptions | None = None,
+    fusion: FusionOptions | None = None,
+    on_scan: Callable[[int], Callable[[int], None] | None] | None = None,
+) -> FusionResult:
     """Enhance each scan with ``model`` and fuse them; ``on_scan(i)`` gives scan i's step callback."""
     check_scans(scans)
     options = options or EnhanceOptions()

@@ -55,8 +55,15 @@ def central_box(mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
     return lower, np.minimum(lower + edge, mask.shape)
 
 
-def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, slab_mm: float | None = None,
-                  region: int | None = None, slices_mm: tuple[float, float] | None = None) -> HeldOutCase:
+def held_out_case(
+    name: str = "colin27-brain",
+    *,
+    seed: int = 0,
+    axis: int = 2,
+    slab_mm: float | None = None,
+    region: int | None = None,
+    slices_mm: tuple[float, float] | None = None,
+) -> HeldOutCase:
     """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.data.load_sources`)
     and its x8 scan along ``axis`` (or thick slices of ``slices_mm`` = (thickness, gap), e.g. (4, 1) for a
     clinical 5 mm spacing); optionally only the central ``slab_mm``-thick slab across the slice axis
@@ -75,7 +82,9 @@ def held_out_case(name: str = "colin27-brain", *, seed: int = 0, axis: int = 2, 
         params = LowFieldParams(thickness_mm=slices_mm[0], gap_mm=slices_mm[1], axis=axis)
     result = simulate_low_field(sample.t1, sample.tissues, params, np.random.default_rng(seed), upsample=False)
     assert sample.tissues is not None  # checked above; cropping keeps the maps
-    brain = np.sum([m.data for m in sample.tissues.as_dict().values()], axis=0) > 0.5  # the maps cover the brain, with a skull too
+    brain = (
+        np.sum([m.data for m in sample.tissues.as_dict().values()], axis=0) > 0.5
+    )  # the maps cover the brain, with a skull too
     info = {**result.info, "source": name, "seed": seed, "slab_mm": slab_mm, "region": region}
     return HeldOutCase(name, sample.t1, result.lf, brain, sample.mask | brain, info)
 
@@ -104,12 +113,23 @@ def moved(volume: Volume, motion: np.ndarray, order: int) -> Volume:
     """``volume``'s content moved by the world transform ``motion``, on the same grid."""
     from diffiqt.resample import resample
 
-    return Volume(np.clip(resample(Volume(volume.data, motion @ volume.affine), volume.affine, volume.shape,
-                                   order=order).data, 0, None), volume.affine)
+    return Volume(
+        np.clip(
+            resample(Volume(volume.data, motion @ volume.affine), volume.affine, volume.shape, order=order).data,
+            0,
+            None,
+        ),
+        volume.affine,
+    )
 
 
-def multi_scan_case(name: str = "colin27-brain", *, axes: tuple[int, ...] = (2, 1, 0), seed: int = 0,
-                    motion: dict[int, tuple[float, float]] | None = None) -> MultiScanCase:
+def multi_scan_case(
+    name: str = "colin27-brain",
+    *,
+    axes: tuple[int, ...] = (2, 1, 0),
+    seed: int = 0,
+    motion: dict[int, tuple[float, float]] | None = None,
+) -> MultiScanCase:
     """Brain ``name`` scanned x8 along each of ``axes`` (seed ``seed + i`` for scan i: independent noise
     and SNR draws); the scans of ``motion`` (index -> (degrees, mm), see :func:`head_motion`) are of the
     head moved after the first scan, their affines unchanged, as a scanner would record them."""
@@ -160,8 +180,9 @@ class HeldOutResult:
     scores: dict[str, dict[str, float | None]]  # "cubic" and "enhanced"
 
 
-def run_held_out(case: HeldOutCase, model: Model, options: EnhanceOptions,
-                 on_step: Callable[[int], None] | None = None) -> HeldOutResult:
+def run_held_out(
+    case: HeldOutCase, model: Model, options: EnhanceOptions, on_step: Callable[[int], None] | None = None
+) -> HeldOutResult:
     """Enhance the case's scan with ``model`` and score it and its cubic interpolation."""
     interpolated = to_isotropic(case.lf, model.voxel_mm)
     begin = time.perf_counter()

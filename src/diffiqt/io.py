@@ -84,7 +84,7 @@ class Volume:
     def crop(self, lower, upper) -> Volume:
         """The sub-volume [lower, upper) in voxels, with its affine shifted to keep world positions."""
         lower, upper = np.asarray(lower, dtype=int), np.asarray(upper, dtype=int)
-        data = self.data[lower[0]:upper[0], lower[1]:upper[1], lower[2]:upper[2]]
+        data = self.data[lower[0] : upper[0], lower[1] : upper[1], lower[2] : upper[2]]
         affine = self.affine.copy()
         affine[:3, 3] = self.voxel_to_world(lower)
         return Volume(np.ascontiguousarray(data), affine)
@@ -142,8 +142,16 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     """What nibabel and the decompressors raise for a file that is not a readable image."""
     import nibabel as nib
 
-    return (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, nib.freesurfer.mghformat.MGHError,
-            EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError)
+    return (
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+        nib.freesurfer.mghformat.MGHError,
+        EOFError,
+        OSError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+    )
 
 
 def _unreadable(path: Path, exc: BaseException) -> InputError:
@@ -176,7 +184,7 @@ def _nifti_named_mgh(path: Path) -> bool:
     try:
         with path.open("rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as handle:
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as handle:
             return handle.read(348)[344:348] in (b"n+1\0", b"ni1\0")
     except (OSError, EOFError, zlib.error):
         return False
@@ -209,7 +217,9 @@ def _check_header(img, path: Path) -> bool:
         raise InputError(f"{path}: the header's voxel-to-world transform (sform/qform/pixdim) has NaN or Inf")
     sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if not np.all(sizes > 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * np.prod(sizes):
-        raise InputError(f"{path}: the header's voxel-to-world transform is singular (a zero sform, or zero voxel sizes)")
+        raise InputError(
+            f"{path}: the header's voxel-to-world transform is singular (a zero sform, or zero voxel sizes)"
+        )
     _check_declared_size(img, path, dtype)
     return True
 
@@ -222,9 +232,11 @@ def _check_declared_size(img, path: Path, dtype: np.dtype) -> None:
     with path.open("rb") as handle:
         compressed = handle.read(2) == b"\x1f\x8b"
     if declared > (size * DEFLATE_MAX_RATIO if compressed else size):
-        raise InputError(f"{path}: the header declares {'x'.join(map(str, img.shape))} voxels of {dtype} "
-                         f"({declared / 1e6:.6g} MB) but the {'compressed ' if compressed else ''}file has {size} bytes; "
-                         "it is truncated or its header is wrong")
+        raise InputError(
+            f"{path}: the header declares {'x'.join(map(str, img.shape))} voxels of {dtype} "
+            f"({declared / 1e6:.6g} MB) but the {'compressed ' if compressed else ''}file has {size} bytes; "
+            "it is truncated or its header is wrong"
+        )
 
 
 def check_finite_nonempty(data: np.ndarray, where: str) -> None:
@@ -312,8 +324,9 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def check_outputs(outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iterable[str | os.PathLike],
-                  *, force: bool) -> None:
+def check_outputs(
+    outputs: Iterable[tuple[str | os.PathLike, str]], inputs: Iterable[str | os.PathLike], *, force: bool
+) -> None:
     """Refuse, before any work, a command whose outputs would lose something the user owns.
 
     ``outputs`` are (path, what it is written for) pairs. Refused: an output that is one of ``inputs``
@@ -459,7 +472,7 @@ def split_image_name(path: str | os.PathLike) -> tuple[str, str]:
     name = Path(path).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
+            return name[: -len(suffix)], name[-len(suffix) :]
     return name, ".nii.gz"
 
 
@@ -488,7 +501,9 @@ def save_json(obj, path: str | os.PathLike) -> Path:
     """
     import json
 
-    return save_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n", path)
+    return save_text(
+        json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n", path
+    )
 
 
 def _finite(value):

@@ -50,9 +50,9 @@ TISSUE_LABELS = ("csf", "gm", "wm")
 
 def psnr(pred: np.ndarray, target: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio in dB: 10·log10(range² / MSE), over ``mask`` if given."""
-    diff = (pred.astype(np.float64) - target.astype(np.float64))
-    mse = float(np.mean(diff[mask] ** 2 if mask is not None else diff ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range ** 2 / mse))
+    diff = pred.astype(np.float64) - target.astype(np.float64)
+    mse = float(np.mean(diff[mask] ** 2 if mask is not None else diff**2))
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
 
 
 def _as_tensor(volume: np.ndarray) -> torch.Tensor:
@@ -105,8 +105,9 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 
-def tissue_labels(volume: np.ndarray, mask: np.ndarray, start: GaussianMixture | None = None
-                  ) -> tuple[np.ndarray, GaussianMixture]:
+def tissue_labels(
+    volume: np.ndarray, mask: np.ndarray, start: GaussianMixture | None = None
+) -> tuple[np.ndarray, GaussianMixture]:
     """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture, and the fitted mixture
     (EM starts from the mixture ``start`` if given; see :func:`diffiqt.tissues.tissue_mixture`)."""
     from diffiqt.tissues import tissue_mixture
@@ -189,12 +190,17 @@ def fit_protocol(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict
     return {"fit_psnr": psnr(p, t, 1.0, mask), "fit_ssim": ssim3d(p[box], t[box], 1.0)}
 
 
-def evaluate(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, segmentation: bool = True) -> dict[str, float | None]:
+def evaluate(
+    pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, segmentation: bool = True
+) -> dict[str, float | None]:
     """The strict, fit and paper protocols, and tissue segmentation agreement, for one volume pair on one grid."""
     if pred.shape != target.shape or mask.shape != target.shape:
         raise ValueError(f"shapes differ: pred {pred.shape}, target {target.shape}, mask {mask.shape}")
-    values: dict[str, float | None] = {**strict_protocol(pred, target, mask), **fit_protocol(pred, target, mask),
-                                       **paper_protocol(pred, target)}
+    values: dict[str, float | None] = {
+        **strict_protocol(pred, target, mask),
+        **fit_protocol(pred, target, mask),
+        **paper_protocol(pred, target),
+    }
     if segmentation:
         values.update(segmentation_agreement(pred, target, mask))
     return values
@@ -216,6 +222,13 @@ def lpips_slices(pred: np.ndarray, target: np.ndarray) -> float | None:
         return None
     middle = [pred.shape[2] // 2 + d for d in (-20, 0, 20)]
     with torch.inference_mode():
-        values = [float(model(torch.from_numpy(pred[:, :, k])[None, None].repeat(1, 3, 1, 1) * 2 - 1,
-                              torch.from_numpy(target[:, :, k])[None, None].repeat(1, 3, 1, 1) * 2 - 1)) for k in middle]
+        values = [
+            float(
+                model(
+                    torch.from_numpy(pred[:, :, k])[None, None].repeat(1, 3, 1, 1) * 2 - 1,
+                    torch.from_numpy(target[:, :, k])[None, None].repeat(1, 3, 1, 1) * 2 - 1,
+                )
+            )
+            for k in middle
+        ]
     return float(np.mean(values))

@@ -76,6 +76,7 @@ class StoredPairs:
 
 # ----------------------------------------------------------------------------- writing
 
+
 def training_sources(cfg: DataConfig) -> list[BrainSample]:
     """The configured training brains, cropped and trimmed to the head; held-out brains are refused."""
     held = [spec for spec in cfg.sources if spec in HELD_OUT]
@@ -100,8 +101,9 @@ def crop_to_head(pair: Pair, block: int) -> Pair:
     return Pair(pair.target[box], pair.cond[box], pair.mask[box], pair.scale)
 
 
-def write_pairs_file(cfg: TrainConfig, path: str | Path, pairs: int, val_blocks: int,
-                     on_pair: Callable[[], None] | None = None) -> dict:
+def write_pairs_file(
+    cfg: TrainConfig, path: str | Path, pairs: int, val_blocks: int, on_pair: Callable[[], None] | None = None
+) -> dict:
     """Simulate ``pairs`` pairs and ``val_blocks`` validation blocks per source into ``path``; returns the metadata.
 
     Pair ``i`` is drawn from the seed words (``cfg.seed``, PAIR_STREAM, ``i``);
@@ -120,21 +122,32 @@ def write_pairs_file(cfg: TrainConfig, path: str | Path, pairs: int, val_blocks:
             on_pair()
     val = {k: v[:, 0].numpy() for k, v in validation_blocks(samples, data_cfg, cfg.seed).items()}
     tensors.update(_tensors("val", val["target"], val["cond"], val["mask"]))
-    meta = {"format_version": VERSION, "diffiqt_version": __version__, "seed": cfg.seed,
-            "sources": [s.name for s in samples], "voxel_mm": model_voxel_mm(samples),
-            "block_size": data_cfg.block_size, "data": asdict(data_cfg), "pairs": facts, "val_blocks": len(val["target"])}
+    meta = {
+        "format_version": VERSION,
+        "diffiqt_version": __version__,
+        "seed": cfg.seed,
+        "sources": [s.name for s in samples],
+        "voxel_mm": model_voxel_mm(samples),
+        "block_size": data_cfg.block_size,
+        "data": asdict(data_cfg),
+        "pairs": facts,
+        "val_blocks": len(val["target"]),
+    }
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta)}))
     return meta
 
 
 def _tensors(prefix: str, target: np.ndarray, cond: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """A pair's or the validation blocks' arrays as stored: float16 images, the mask's bits packed along the last axis."""
-    return {f"{prefix}.target": np.ascontiguousarray(target, dtype=np.float16),
-            f"{prefix}.cond": np.ascontiguousarray(cond, dtype=np.float16),
-            f"{prefix}.mask": np.packbits(mask, axis=-1)}
+    return {
+        f"{prefix}.target": np.ascontiguousarray(target, dtype=np.float16),
+        f"{prefix}.cond": np.ascontiguousarray(cond, dtype=np.float16),
+        f"{prefix}.mask": np.packbits(mask, axis=-1),
+    }
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def read_pairs_file(path: str | Path, block_size: int | None = None) -> StoredPairs:
     """The pairs and validation blocks of ``path``; ``block_size``, if given, must be the file's."""
@@ -154,10 +167,14 @@ def read_pairs_file(path: str | Path, block_size: int | None = None) -> StoredPa
     if meta.get("format_version") != VERSION:
         raise InputError(f"{path}: unsupported pairs file version {meta.get('format_version')!r}")
     if block_size is not None and meta["block_size"] != block_size:
-        raise ConfigError(f"{path} holds pairs for {meta['block_size']}³ blocks, but data.block_size is {block_size}; "
-                          f"simulate the pairs with the block size of the run")
+        raise ConfigError(
+            f"{path} holds pairs for {meta['block_size']}³ blocks, but data.block_size is {block_size}; "
+            f"simulate the pairs with the block size of the run"
+        )
     try:
-        pairs = [Pair(*_arrays(tensors, f"pairs.{i}"), scale=float(fact["scale"])) for i, fact in enumerate(meta["pairs"])]
+        pairs = [
+            Pair(*_arrays(tensors, f"pairs.{i}"), scale=float(fact["scale"])) for i, fact in enumerate(meta["pairs"])
+        ]
         val = _arrays(tensors, "val")
     except KeyError as exc:
         raise InputError(f"{path}: incomplete pairs file ({exc.args[0]!r} is missing)") from None

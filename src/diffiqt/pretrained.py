@@ -72,13 +72,17 @@ def shipped_card(name: str, folder: Path = WEIGHTS_DIR) -> tuple[str, dict]:
         if not defaults:
             raise ConfigError("no default model is shipped with this installation; give --model PATH to a checkpoint")
         if len(defaults) > 1:
-            raise ConfigError(f"{folder}: {len(defaults)} models are marked default ({', '.join(defaults)}); "
-                              "give --model NAME, or unmark all but one")
+            raise ConfigError(
+                f"{folder}: {len(defaults)} models are marked default ({', '.join(defaults)}); "
+                "give --model NAME, or unmark all but one"
+            )
         return defaults[0], cards[defaults[0]]
     if name not in cards:
         if NAME.fullmatch(name) and (folder / f"{name}.json").is_file():
-            raise ConfigError(f"{folder / name}.json: not a valid model card (unreadable, or without network, "
-                              "sha256 or a positive voxel_mm)")
+            raise ConfigError(
+                f"{folder / name}.json: not a valid model card (unreadable, or without network, "
+                "sha256 or a positive voxel_mm)"
+            )
         _unknown(name, cards)
     return name, cards[name]
 
@@ -141,22 +145,37 @@ def check_export_target(name: str, folder: Path, *, default: bool, force: bool) 
     replaced (export under another name); elsewhere an existing model needs ``force``.
     """
     if not NAME.fullmatch(name) or name == DEFAULT_MODEL:
-        raise ConfigError(f"--name {name!r}: a model name is letters, digits, '.', '_' and '-', starting with a "
-                          f"letter or digit, and not {DEFAULT_MODEL!r}")
+        raise ConfigError(
+            f"--name {name!r}: a model name is letters, digits, '.', '_' and '-', starting with a "
+            f"letter or digit, and not {DEFAULT_MODEL!r}"
+        )
     existing = next((p for p in (folder / f"{name}.safetensors", folder / f"{name}.json") if p.exists()), None)
     if existing is not None and folder.resolve() == WEIGHTS_DIR.resolve():
-        raise ConfigError(f"{existing}: a model of the installed package is never replaced; export under another --name")
+        raise ConfigError(
+            f"{existing}: a model of the installed package is never replaced; export under another --name"
+        )
     if existing is not None and not force:
         raise ConfigError(f"{existing}: already exists; give --force to replace it")
     if default:
         for other, card in shipped_models(folder).items():
             if card.get("default") and other != name:
-                raise ConfigError(f"{other} is already the default model in {folder}; drop --default or remove it first")
+                raise ConfigError(
+                    f"{other} is already the default model in {folder}; drop --default or remove it first"
+                )
 
 
-def export_checkpoint(checkpoint: str | Path, name: str, folder: Path = WEIGHTS_DIR, *, dtype: str = "float16",
-                      default: bool = False, summary: dict | None = None, steps: int | None = None,
-                      sampler: str | None = None, force: bool = False) -> tuple[Path, Path]:
+def export_checkpoint(
+    checkpoint: str | Path,
+    name: str,
+    folder: Path = WEIGHTS_DIR,
+    *,
+    dtype: str = "float16",
+    default: bool = False,
+    summary: dict | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    force: bool = False,
+) -> tuple[Path, Path]:
     """Write a checkpoint's EMA weights as a shipped model ``name`` (weights + card).
 
     ``steps``, ``sampler``: what ``diffiqt enhance`` samples it with by default (None: its training config's).

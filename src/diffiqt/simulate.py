@@ -121,7 +121,9 @@ def decimate(data: np.ndarray, axis: int, step: float) -> np.ndarray:
     shape = [1, 1, 1]
     shape[axis] = -1
     weight = weight.reshape(shape)
-    return (np.take(data, lower, axis=axis) * (1 - weight) + np.take(data, upper, axis=axis) * weight).astype(np.float32)
+    return (np.take(data, lower, axis=axis) * (1 - weight) + np.take(data, upper, axis=axis) * weight).astype(
+        np.float32
+    )
 
 
 def decimated_affine(affine: np.ndarray, axis: int, step: float) -> np.ndarray:
@@ -144,7 +146,9 @@ def tissue_means(x: np.ndarray, pg: np.ndarray, pw: np.ndarray) -> tuple[float, 
     """Mean image intensity in (nearly) pure GM and pure WM."""
     gm_core, wm_core = pg > TISSUE_CORE, pw > TISSUE_CORE
     if not gm_core.any() or not wm_core.any():
-        raise InputError("no voxel has GM or WM probability > 0.9 after blurring; is this a T1w brain with tissue maps?")
+        raise InputError(
+            "no voxel has GM or WM probability > 0.9 after blurring; is this a T1w brain with tissue maps?"
+        )
     return float(x[gm_core].mean()), float(x[wm_core].mean())
 
 
@@ -169,7 +173,9 @@ def simulate_low_field(
     voxel = float(hf.voxel_size[axis])
     fwhm_vox, step = params.thickness_mm / voxel, params.spacing_mm / voxel
     if hf.shape[axis] < step + 1:
-        raise InputError(f"the volume has {hf.shape[axis]} slices along axis {axis}: too few for a {params.spacing_mm} mm slice spacing")
+        raise InputError(
+            f"the volume has {hf.shape[axis]} slices along axis {axis}: too few for a {params.spacing_mm} mm slice spacing"
+        )
     maps, tissue_source = resolve_tissues(hf, tissues)
     x_lf = decimate(slice_profile_blur(hf.data, axis, fwhm_vox), axis, step)
     p = {k: decimate(slice_profile_blur(v, axis, fwhm_vox), axis, step) for k, v in maps.items()}

@@ -22,8 +22,9 @@ def gmm_tissue_maps(data: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[s
     return tissue_mixture(data, mask, seed)[0]
 
 
-def tissue_mixture(data: np.ndarray, mask: np.ndarray, seed: int = 0, start: GaussianMixture | None = None,
-                   tol: float = 1e-3) -> tuple[dict[str, np.ndarray], GaussianMixture]:
+def tissue_mixture(
+    data: np.ndarray, mask: np.ndarray, seed: int = 0, start: GaussianMixture | None = None, tol: float = 1e-3
+) -> tuple[dict[str, np.ndarray], GaussianMixture]:
     """The CSF/GM/WM maps of :func:`gmm_tissue_maps` and the fitted mixture.
 
     EM starts from the parameters of the fitted mixture ``start`` if given, else from means spread

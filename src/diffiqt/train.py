@@ -32,11 +32,40 @@ from torch import Tensor, nn
 
 from diffiqt import distributed as dist
 from diffiqt.distributed import resolve_device
-from diffiqt.checkpoint import (Checkpoint, build_network, check_finite, check_fits, list_checkpoints, prune_checkpoints,
-                                read_checkpoint, read_tensors, restore_optimizer, save_checkpoint)
-from diffiqt.config import DataConfig, DiffusionConfig, TrainConfig, from_dict, merge, parse_assignment, read_file, validate
-from diffiqt.data import (FOREGROUND_FRACTION, SCALE_PERCENTILE, BlockStream, Pair, StoredPairStream, make_loader,
-                          make_pair, model_voxel_mm, training_and_validation, validation_blocks)
+from diffiqt.checkpoint import (
+    Checkpoint,
+    build_network,
+    check_finite,
+    check_fits,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    read_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
+from diffiqt.config import (
+    DataConfig,
+    DiffusionConfig,
+    TrainConfig,
+    from_dict,
+    merge,
+    parse_assignment,
+    read_file,
+    validate,
+)
+from diffiqt.data import (
+    FOREGROUND_FRACTION,
+    SCALE_PERCENTILE,
+    BlockStream,
+    Pair,
+    StoredPairStream,
+    make_loader,
+    make_pair,
+    model_voxel_mm,
+    training_and_validation,
+    validation_blocks,
+)
 from diffiqt.datasets import BrainSample
 from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
 from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
@@ -48,15 +77,27 @@ from diffiqt.presimulated import read_pairs_file
 PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
 LINEAR_IQT_STREAM = 7  # keeps the seeds of fit_linear_iqt's pairs apart from other streams
 # Keys a resumed run may change: none of them alters what is computed.
-RESUMABLE_KEYS = {"steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every", "keep_checkpoints",
-                  "tensorboard"}
+RESUMABLE_KEYS = {
+    "steps",
+    "max_minutes",
+    "device",
+    "log_every",
+    "val_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+}
 LOGS = ("train.csv", "val.csv")
 LOCK_FILE = ".lock"  # in the run folder: held (flock) by the process training there
 # Bytes per voxel of a training block that a step needs at the least (target, condition, mask, noise, the noisy
 # input, the prediction and their gradients, as float32): the floor of an estimate, whatever the network.
 MIN_BYTES_PER_VOXEL = 48
-NORMALISATION = {"method": "lf-percentile", "map": "x / scale", "percentile": SCALE_PERCENTILE,
-                 "foreground": f"lf > {FOREGROUND_FRACTION} * percentile(lf, 99.5)"}
+NORMALISATION = {
+    "method": "lf-percentile",
+    "map": "x / scale",
+    "percentile": SCALE_PERCENTILE,
+    "foreground": f"lf > {FOREGROUND_FRACTION} * percentile(lf, 99.5)",
+}
 
 
 class TrainingInterrupted(DiffiqtError):
@@ -77,6 +118,7 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- pieces
 
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed of one training step of one process."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
@@ -88,16 +130,23 @@ def resolve_layout(net: Network, cfg: TrainConfig) -> str:
     if layout == "auto":
         layout = "patches" if net.cross_batch and net.slice_fold == 1 else "volume"
     fold = net.slice_fold
-    if fold > 1 and (cfg.data.slice_block is None or cfg.data.slice_block % (fold * net.patch_size)
-                     or cfg.data.block_size % net.patch_size):
-        raise ConfigError(f"a network with slice_fold {fold} trains on blocks with the slice axis last: set "
-                          f"data.slice_block to a multiple of {fold * net.patch_size} and data.block_size to a "
-                          f"multiple of {net.patch_size}")
+    if fold > 1 and (
+        cfg.data.slice_block is None
+        or cfg.data.slice_block % (fold * net.patch_size)
+        or cfg.data.block_size % net.patch_size
+    ):
+        raise ConfigError(
+            f"a network with slice_fold {fold} trains on blocks with the slice axis last: set "
+            f"data.slice_block to a multiple of {fold * net.patch_size} and data.block_size to a "
+            f"multiple of {net.patch_size}"
+        )
     if fold == 1 and cfg.data.slice_block is not None:
         raise ConfigError("data.slice_block is for networks with slice_fold > 1; leave it null")
     if layout == "patches" and cfg.data.block_size != 3 * net.patch_size:
-        raise ConfigError(f"data.block_size {cfg.data.block_size} must be 3 x the network's patch size "
-                          f"{net.patch_size} in the patch layout")
+        raise ConfigError(
+            f"data.block_size {cfg.data.block_size} must be 3 x the network's patch size "
+            f"{net.patch_size} in the patch layout"
+        )
     return layout
 
 
@@ -158,7 +207,9 @@ def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, dif
         t = torch.where(torch.rand(t.shape, device=t.device) < diffusion.mean_fraction, torch.ones_like(t), t)
     t = t.repeat_interleave(group)
     noise = torch.randn(target.shape, device=target.device)
-    return diffusion_loss(Denoiser(model, diffusion.residual_sigma), target, cond, t, noise, diffusion.loss, layout=layout)
+    return diffusion_loss(
+        Denoiser(model, diffusion.residual_sigma), target, cond, t, noise, diffusion.loss, layout=layout
+    )
 
 
 @torch.no_grad()
@@ -182,16 +233,24 @@ def validate_blocks(net: Network, blocks: dict, cfg: TrainConfig, layout: str, d
         with autocast(device, cfg):
             net_cond = to_layout(cond.to(device), layout)
             if net.needs_time:
-                out = sampler(Denoiser(net, cfg.diffusion.residual_sigma), net_cond, cfg.diffusion.sample_steps,
-                              generator, layout=layout)
+                out = sampler(
+                    Denoiser(net, cfg.diffusion.residual_sigma),
+                    net_cond,
+                    cfg.diffusion.sample_steps,
+                    generator,
+                    layout=layout,
+                )
             else:
                 out = net(net_cond)
         predictions.append(from_layout(out.float(), layout).cpu())
     from diffiqt import metrics
 
     target, mask = blocks["target"].numpy(), blocks["mask"].numpy()
-    return {"val_loss": val_loss, "val_psnr": metrics.psnr(torch.cat(predictions).numpy(), target, 1.0, mask),
-            "val_psnr_interp": metrics.psnr(blocks["cond"].numpy(), target, 1.0, mask)}
+    return {
+        "val_loss": val_loss,
+        "val_psnr": metrics.psnr(torch.cat(predictions).numpy(), target, 1.0, mask),
+        "val_psnr_interp": metrics.psnr(blocks["cond"].numpy(), target, 1.0, mask),
+    }
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
@@ -233,6 +292,7 @@ def _csv_value(value):
 
 # ----------------------------------------------------------------------------- run folder and config
 
+
 def resume_config(out: Path, assignments: tuple[str, ...] = ()) -> TrainConfig:
     """The saved config of the run in ``out`` with ``KEY=VALUE`` changes to resumable keys only."""
     saved_path = Path(out) / "config.json"
@@ -258,8 +318,10 @@ def check_resumable(cfg: TrainConfig, ckpt: Checkpoint) -> None:
     saved, now = ckpt.config.to_dict(), cfg.to_dict()
     for key in sorted(set(saved) | set(now)):
         if key not in RESUMABLE_KEYS and saved.get(key) != now.get(key):
-            raise ConfigError(f"{ckpt.folder}: checkpoint was trained with a different {key!r} "
-                              f"({saved.get(key)!r}, now {now.get(key)!r})")
+            raise ConfigError(
+                f"{ckpt.folder}: checkpoint was trained with a different {key!r} "
+                f"({saved.get(key)!r}, now {now.get(key)!r})"
+            )
 
 
 def check_run_folder(out: Path) -> None:
@@ -276,8 +338,10 @@ def check_batch_memory(cfg: TrainConfig) -> None:
     need = cfg.batch_size * side * side * (cfg.data.slice_block or side) * MIN_BYTES_PER_VOXEL
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > memory:
-        raise ConfigError(f"batch_size {cfg.batch_size}: blocks of {side} voxels need at least {need / 1e9:.3g} GB a "
-                          f"step, more than this machine's {memory / 1e9:.3g} GB; lower batch_size or data.block_size")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size}: blocks of {side} voxels need at least {need / 1e9:.3g} GB a "
+            f"step, more than this machine's {memory / 1e9:.3g} GB; lower batch_size or data.block_size"
+        )
 
 
 def lock_run_folder(out: Path):
@@ -293,8 +357,10 @@ def lock_run_folder(out: Path):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise ConfigError(f"{out}: another process (pid {holder}) is training in this run folder; wait for it to "
-                          "stop, or stop it first") from None
+        raise ConfigError(
+            f"{out}: another process (pid {holder}) is training in this run folder; wait for it to "
+            "stop, or stop it first"
+        ) from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -349,12 +415,16 @@ def newest_sound_checkpoint(out: Path, cfg: TrainConfig, net: Network) -> tuple[
             errors.append(exc)
             continue
         if errors and dist.is_main():
-            print(f"diffiqt: warning: {errors[0]}; resuming from the previous sound checkpoint, {folder.name}", file=sys.stderr)
+            print(
+                f"diffiqt: warning: {errors[0]}; resuming from the previous sound checkpoint, {folder.name}",
+                file=sys.stderr,
+            )
         return ckpt, tensors
     raise errors[0]
 
 
 # ----------------------------------------------------------------------------- the loop
+
 
 def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
     """(EMA weights, network config, residual_sigma) of a run or checkpoint folder, or of a shipped model,
@@ -376,11 +446,15 @@ def check_initial(cfg: TrainConfig, net: Network, network: dict, residual_sigma:
     mine = stored_config(net)
     if mine != network:
         key = sorted(k for k in set(mine) | set(network) if mine.get(k) != network.get(k))[0]
-        raise ConfigError(f"init_from {cfg.init_from}: its network has {key}={network.get(key)!r}, this run's "
-                          f"{mine.get(key)!r}; set network.name/overrides to match")
+        raise ConfigError(
+            f"init_from {cfg.init_from}: its network has {key}={network.get(key)!r}, this run's "
+            f"{mine.get(key)!r}; set network.name/overrides to match"
+        )
     if residual_sigma != cfg.diffusion.residual_sigma:
-        raise ConfigError(f"init_from {cfg.init_from}: it was trained with diffusion.residual_sigma={residual_sigma}, "
-                          f"this run has {cfg.diffusion.residual_sigma}")
+        raise ConfigError(
+            f"init_from {cfg.init_from}: it was trained with diffusion.residual_sigma={residual_sigma}, "
+            f"this run has {cfg.diffusion.residual_sigma}"
+        )
 
 
 class Trainer:
@@ -429,14 +503,18 @@ class Trainer:
         if resume_from is None and initial is not None:
             self.net.load_state_dict(initial)
         self.ema = EMA(self.net, cfg.optim.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
-                                           weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
+            weight_decay=cfg.optim.weight_decay,
+        )
         self.step = 0
         self.last_checkpoint: Path | None = None
         if resume_from is not None:
             self._restore(*resume_from)
         self.model = self._wrap_ddp()
-        shard = train[self.rank::self.world] if len(train) >= self.world else train
+        shard = train[self.rank :: self.world] if len(train) >= self.world else train
         stream: Callable[..., BlockStream] = StoredPairStream if cfg.data.pairs_file else BlockStream
         self.stream = stream(shard, cfg.data, cfg.batch_size, cfg.seed, self.rank, start_batch=self.step)
 
@@ -477,9 +555,11 @@ class Trainer:
         finite = bool(torch.isfinite(loss.detach()) and torch.isfinite(grad_norm))
         if dist.mean_over_ranks(float(not finite), self.device) > 0:  # every rank stops at the same step
             saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {float(loss.detach()):.3g} and the "
-                                   f"gradient norm {float(grad_norm):.3g}; the step was not taken and {saved} "
-                                   f"(a lower optim.lr than {self.cfg.optim.lr:g}?)")
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: the loss is {float(loss.detach()):.3g} and the "
+                f"gradient norm {float(grad_norm):.3g}; the step was not taken and {saved} "
+                f"(a lower optim.lr than {self.cfg.optim.lr:g}?)"
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         self.optimizer.step()
@@ -489,17 +569,26 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.rank == 0:
-            meta = {"network": dict(self.net.config),
-                    "train": self.cfg.to_dict(), "normalisation": NORMALISATION,
-                    "rng": {"scheme": "counter-based: torch.manual_seed(seed, rank, step)", "seed": self.cfg.seed},
-                    "voxel_mm": self.voxel_mm, "world_size": self.world, "metrics": self.val, **self.data_origin}
+            meta = {
+                "network": dict(self.net.config),
+                "train": self.cfg.to_dict(),
+                "normalisation": NORMALISATION,
+                "rng": {"scheme": "counter-based: torch.manual_seed(seed, rank, step)", "seed": self.cfg.seed},
+                "voxel_mm": self.voxel_mm,
+                "world_size": self.world,
+                "metrics": self.val,
+                **self.data_origin,
+            }
             self.last_checkpoint = save_checkpoint(self.out, self.step, meta, self.net, self.ema.module, self.optimizer)
             prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         dist.barrier()
 
     def validate(self) -> None:
         if self.rank == 0 and self.val_blocks is not None:  # rank 0 validates and always has its blocks
-            self.val = {"step": self.step, **validate_blocks(self.ema.module, self.val_blocks, self.cfg, self.layout, self.device)}
+            self.val = {
+                "step": self.step,
+                **validate_blocks(self.ema.module, self.val_blocks, self.cfg, self.layout, self.device),
+            }
         dist.barrier()
 
     def run(self) -> TrainResult:
@@ -509,14 +598,18 @@ class Trainer:
                 self._loop(logs, stop)
         except KeyboardInterrupt:
             where = f"step {self.step}"
-            saved = f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            saved = (
+                f"last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            )
             raise TrainingInterrupted(f"training interrupted at {where}; {saved} (continue with --resume)") from None
         finally:
             if logs is not None:
                 logs.close()
         if stop.name is not None:
-            raise TrainingInterrupted(f"training stopped by {stop.name} at step {self.step}; last checkpoint: "
-                                      f"{self.last_checkpoint} (continue with --resume)")
+            raise TrainingInterrupted(
+                f"training stopped by {stop.name} at step {self.step}; last checkpoint: "
+                f"{self.last_checkpoint} (continue with --resume)"
+            )
         return TrainResult(self.out, self.step, self.last_checkpoint, self.val)
 
     def _loop(self, logs: Logs | None, stop: StopSignals) -> None:
@@ -530,9 +623,14 @@ class Trainer:
                 bar.update(self.step, loss, window.rate())
                 last = self.step == cfg.steps or self._out_of_time(bar.elapsed())
                 if self.step % cfg.log_every == 0 or last:
-                    row = {"step": self.step, "loss": dist.mean_over_ranks(window.mean_loss(), self.device),
-                           "grad_norm": grad_norm, "lr": learning_rate(cfg, self.step - 1),
-                           "examples_per_s": window.rate(), "elapsed_s": bar.elapsed()}
+                    row = {
+                        "step": self.step,
+                        "loss": dist.mean_over_ranks(window.mean_loss(), self.device),
+                        "grad_norm": grad_norm,
+                        "lr": learning_rate(cfg, self.step - 1),
+                        "examples_per_s": window.rate(),
+                        "elapsed_s": bar.elapsed(),
+                    }
                     window = Window()
                     if logs is not None:
                         logs.train(row)
@@ -602,14 +700,18 @@ class Logs:
 
     def __init__(self, out: Path, cfg: TrainConfig, resume_step: int):
         resume = resume_step if resume_step > 0 else None
-        self.train_csv = CsvLog(out / LOGS[0], ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume)
+        self.train_csv = CsvLog(
+            out / LOGS[0], ["step", "loss", "grad_norm", "lr", "examples_per_s", "elapsed_s"], resume
+        )
         self.val_csv = CsvLog(out / LOGS[1], ["step", "val_loss", "val_psnr", "val_psnr_interp"], resume)
         self.board = None
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("tensorboard = true needs the tensorboard package (pip install tensorboard)") from None
+                raise ConfigError(
+                    "tensorboard = true needs the tensorboard package (pip install tensorboard)"
+                ) from None
             self.board = SummaryWriter(str(out / "tensorboard"), purge_step=resume)
 
     def train(self, row: dict) -> None:
@@ -638,11 +740,24 @@ class ProgressBar:
         self.progress = None
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4g}  {task.fields[rate]:.2f} ex/s"),
-                                     console=Console(stderr=True))
+            self.progress = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]:.4g}  {task.fields[rate]:.2f} ex/s"),
+                console=Console(stderr=True),
+            )
             self.task = self.progress.add_task("training", total=total, completed=done, loss=float("nan"), rate=0.0)
 
     def __enter__(self) -> ProgressBar:
@@ -676,6 +791,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
 # ----------------------------------------------------------------------------- linear IQT: least squares, not gradients
 
+
 def integral_factor(cfg: DataConfig) -> int:
     """round(cfg.lf_factor), which must be a whole number of voxels (the slice phases must repeat)."""
     factor = int(round(cfg.lf_factor))
@@ -696,8 +812,17 @@ def slice_last_pair(samples: list[BrainSample], cfg: DataConfig, seed_words: lis
     return tuple(np.moveaxis(a, axis, -1) for a in (pair.cond, pair.target, pair.mask))
 
 
-def fit_linear_iqt(samples: list[BrainSample], cfg: DataConfig, pairs: int, seed: int, *, radius: int = 2,
-                   before: int = 1, after: int = 2, max_voxels: int | None = 400_000) -> LinearIQT:
+def fit_linear_iqt(
+    samples: list[BrainSample],
+    cfg: DataConfig,
+    pairs: int,
+    seed: int,
+    *,
+    radius: int = 2,
+    before: int = 1,
+    after: int = 2,
+    max_voxels: int | None = 400_000,
+) -> LinearIQT:
     """Fit a :class:`LinearIQT` on ``pairs`` pairs simulated from ``samples`` with ``cfg`` (augmentation, SNR
     draws and the slice axis as configured; a random axis per pair when ``cfg.lf_axis`` is None).
 
@@ -709,7 +834,9 @@ def fit_linear_iqt(samples: list[BrainSample], cfg: DataConfig, pairs: int, seed
     factor = integral_factor(cfg)
     axis_rng = np.random.default_rng([seed, LINEAR_IQT_STREAM])
     axes = [cfg.lf_axis if cfg.lf_axis is not None else int(axis_rng.integers(3)) for _ in range(pairs)]
-    simulated = (slice_last_pair(samples, cfg, [seed, LINEAR_IQT_STREAM, index], axis) for index, axis in enumerate(axes))
+    simulated = (
+        slice_last_pair(samples, cfg, [seed, LINEAR_IQT_STREAM, index], axis) for index, axis in enumerate(axes)
+    )
     started = time.perf_counter()
     net = LinearIQT.fit(simulated, factor, radius, before, after, max_voxels, seed=[seed, LINEAR_IQT_STREAM, 1])
     net.fit_info.update(axes=axes, seconds=time.perf_counter() - started)

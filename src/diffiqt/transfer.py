@@ -28,8 +28,9 @@ LOGS = ("train.csv", "val.csv")
 MIB = 2**20
 
 
-def split_checkpoint(checkpoint: str | Path, out: str | Path, shard_mib: float = 15.0, max_shards: int = 5,
-                     total_mib: float = 60.0) -> list[Path]:
+def split_checkpoint(
+    checkpoint: str | Path, out: str | Path, shard_mib: float = 15.0, max_shards: int = 5, total_mib: float = 60.0
+) -> list[Path]:
     """Write the EMA weights of ``checkpoint`` (or a run's newest) as shards into ``out``; returns the files written.
 
     At most ``max_shards`` shards of ``shard_mib`` MiB and ``total_mib`` MiB in all
@@ -43,8 +44,10 @@ def split_checkpoint(checkpoint: str | Path, out: str | Path, shard_mib: float =
         if len(shards) <= max_shards and sum(_nbytes(s) for s in shards) <= total_mib * MIB:
             break
     else:
-        raise ConfigError(f"{ckpt.folder}: the EMA weights do not fit {max_shards} shards of {shard_mib} MiB "
-                          f"({total_mib} MiB in all) even in float16")
+        raise ConfigError(
+            f"{ckpt.folder}: the EMA weights do not fit {max_shards} shards of {shard_mib} MiB "
+            f"({total_mib} MiB in all) even in float16"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -107,8 +110,11 @@ def join_checkpoint(folder: str | Path, run_dir: str | Path) -> Path:
     check_fits(net, tensors, str(folder))
     net.load_state_dict(tensors)  # back in float32, whatever the shards held
     carried = {k: v for k, v in meta.items() if k not in ("format", "version", "step", "optimizer")}
-    carried["transfer"] = {"from": str(folder), "dtypes": sorted({str(v.dtype) for v in tensors.values()}),
-                           "model.safetensors": "a copy of the EMA weights; raw weights and optimizer state stayed behind"}
+    carried["transfer"] = {
+        "from": str(folder),
+        "dtypes": sorted({str(v.dtype) for v in tensors.values()}),
+        "model.safetensors": "a copy of the EMA weights; raw weights and optimizer state stayed behind",
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in LOGS:
         if (folder / name).is_file():

@@ -66,14 +66,21 @@ METHODS = {
 # The registry's ablations: "no cross-batch" drops the attention with it, as the paper's Table 2 does.
 _NO_CROSS_BATCH = {"attention": False, "cross_batch": False}
 # The classical peers (untrained, :mod:`diffiqt.bench.peers`), the same in every budget.
-_PEERS: dict[str, tuple[str, dict[str, object]]] = {"bspline": ("sitk-bspline", {}), "bspline5": ("sitk-bspline5", {}), "lanczos": ("sitk-lanczos", {})}
+_PEERS: dict[str, tuple[str, dict[str, object]]] = {
+    "bspline": ("sitk-bspline", {}),
+    "bspline5": ("sitk-bspline5", {}),
+    "lanczos": ("sitk-lanczos", {}),
+}
 _NEITHER = {**_NO_CROSS_BATCH, "deep_feature": False}
 
 
 def _diffusion_variants(network: str, settings: dict) -> dict[str, tuple[str, dict]]:
     """DiffusionIQT and its two ablations, derived from one network by switching the module flags."""
-    return {"diffiqt": (network, settings), "no-crossbatch": (network, {**_NO_CROSS_BATCH, **settings}),
-            "no-deepfeature-no-crossbatch": (network, {**_NEITHER, **settings})}
+    return {
+        "diffiqt": (network, settings),
+        "no-crossbatch": (network, {**_NO_CROSS_BATCH, **settings}),
+        "no-deepfeature-no-crossbatch": (network, {**_NEITHER, **settings}),
+    }
 
 
 @dataclass(frozen=True)
@@ -112,13 +119,22 @@ _TINY = dict(widths=[4, 8, 8], res_blocks=1, embed_dim=16, heads=2, deep_feature
 
 BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
-        "cpu", "2 CPU cores, under 2 hours: narrow networks, 64³ blocks, central 128³ of each test volume",
-        "cpu-small", steps=300, batch_size=1, block_size=64, test_region=128,
-        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}),
-                  "unet": ("unet", {"widths": _SMALL_WIDTHS, **_SKIP}),
-                  "resunet": ("resunet", {"widths": _SMALL_WIDTHS, **_SKIP}),
-                  "esrgan": ("esrgan", {"channels": 16, "growth": 8, "blocks": 1, **_SKIP}),
-                  **_diffusion_variants("small", _SKIP)},
+        "cpu",
+        "2 CPU cores, under 2 hours: narrow networks, 64³ blocks, central 128³ of each test volume",
+        "cpu-small",
+        steps=300,
+        batch_size=1,
+        block_size=64,
+        test_region=128,
+        networks={
+            "interpolation": ("interpolation", {}),
+            **_PEERS,
+            "linear-iqt": ("linear-iqt", {}),
+            "unet": ("unet", {"widths": _SMALL_WIDTHS, **_SKIP}),
+            "resunet": ("resunet", {"widths": _SMALL_WIDTHS, **_SKIP}),
+            "esrgan": ("esrgan", {"channels": 16, "growth": 8, "blocks": 1, **_SKIP}),
+            **_diffusion_variants("small", _SKIP),
+        },
         notes=(
             "Paper-size networks are far too slow on a CPU (one forward pass of the paper's DiffusionIQT on a "
             "27 × 32³ batch takes ~40 s here), so every architecture is narrowed: the DiffusionIQT variants are "
@@ -135,22 +151,53 @@ BUDGETS: dict[str, Budget] = {
         ),
     ),
     "smoke": Budget(
-        "smoke", "seconds: tiny networks, two steps on a crop of MNI152, central 40³ of each test volume",
-        "cpu-small", steps=2, batch_size=1, block_size=32, test_region=40, sample_steps=2,
-        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {"widths": [4, 8], **_SKIP}),
-                  "resunet": ("resunet", {"widths": [4, 8], **_SKIP}),
-                  "esrgan": ("esrgan", {"channels": 4, "growth": 4, "blocks": 1, **_SKIP}),
-                  **_diffusion_variants("small", {**_TINY, **_SKIP})},
-        data={"crop": [[60, 124], [50, 170], [50, 114]], "num_workers": 0, "pool_size": 1, "refresh_every": 100,
-              "val_blocks": 1, "augment": {"enabled": False}},
+        "smoke",
+        "seconds: tiny networks, two steps on a crop of MNI152, central 40³ of each test volume",
+        "cpu-small",
+        steps=2,
+        batch_size=1,
+        block_size=32,
+        test_region=40,
+        sample_steps=2,
+        networks={
+            "interpolation": ("interpolation", {}),
+            **_PEERS,
+            "linear-iqt": ("linear-iqt", {}),
+            "unet": ("unet", {"widths": [4, 8], **_SKIP}),
+            "resunet": ("resunet", {"widths": [4, 8], **_SKIP}),
+            "esrgan": ("esrgan", {"channels": 4, "growth": 4, "blocks": 1, **_SKIP}),
+            **_diffusion_variants("small", {**_TINY, **_SKIP}),
+        },
+        data={
+            "crop": [[60, 124], [50, 170], [50, 114]],
+            "num_workers": 0,
+            "pool_size": 1,
+            "refresh_every": 100,
+            "val_blocks": 1,
+            "augment": {"enabled": False},
+        },
         notes=("A plumbing check only: the numbers mean nothing.",),
     ),
     "paper": Budget(
-        "paper", "one GPU: the paper-size networks and the paper preset (96³ blocks, 200 000 steps), whole volumes",
-        "paper", steps=200_000, batch_size=1, block_size=96, device="auto", samples=3,
-        networks={"interpolation": ("interpolation", {}), **_PEERS, "linear-iqt": ("linear-iqt", {}), "unet": ("unet", {}), "resunet": ("resunet", {}),
-                  "esrgan": ("esrgan", {}), "diffiqt": ("paper", {}), "no-crossbatch": ("no-crossbatch", {}),
-                  "no-deepfeature-no-crossbatch": ("no-deepfeature-no-crossbatch", {})},
+        "paper",
+        "one GPU: the paper-size networks and the paper preset (96³ blocks, 200 000 steps), whole volumes",
+        "paper",
+        steps=200_000,
+        batch_size=1,
+        block_size=96,
+        device="auto",
+        samples=3,
+        networks={
+            "interpolation": ("interpolation", {}),
+            **_PEERS,
+            "linear-iqt": ("linear-iqt", {}),
+            "unet": ("unet", {}),
+            "resunet": ("resunet", {}),
+            "esrgan": ("esrgan", {}),
+            "diffiqt": ("paper", {}),
+            "no-crossbatch": ("no-crossbatch", {}),
+            "no-deepfeature-no-crossbatch": ("no-deepfeature-no-crossbatch", {}),
+        },
         data={"layout": "auto"},  # cross-batch networks get 27 patches, the others the 96³ block
     ),
 }
@@ -201,13 +248,15 @@ def method_config(budget: Budget, method: str) -> TrainConfig:
     preset = preset_dict(budget.preset)
     changes = {
         "network": {"name": network, "overrides": dict(overrides)},
-        "data": merge({"sources": list(SPLIT.train), "val_sources": [], "block_size": budget.block_size},
-                      dict(budget.data)),
+        "data": merge(
+            {"sources": list(SPLIT.train), "val_sources": [], "block_size": budget.block_size}, dict(budget.data)
+        ),
         "diffusion": {"sample_steps": budget.sample_steps},
-        "steps": budget.steps, "batch_size": budget.batch_size, "seed": budget.seed, "device": budget.device,
+        "steps": budget.steps,
+        "batch_size": budget.batch_size,
+        "seed": budget.seed,
+        "device": budget.device,
         "checkpoint_every": min(preset.get("checkpoint_every", budget.steps), max(1, budget.steps // 5)),
         "keep_checkpoints": 1,
     }
     return validate(from_dict(TrainConfig, merge(preset, changes)))
-
-

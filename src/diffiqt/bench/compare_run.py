@@ -31,17 +31,20 @@ LINEAR_IQT_PAIRS = 16  # simulated training pairs linear IQT is fitted on (secon
 
 # ----------------------------------------------------------------------------- test scans
 
+
 def held_out_scans(budget: Budget, split: Split = SPLIT) -> list[HeldOutCase]:
     """Each test volume (or its central ``test_region``³ cube) and its x8 axial low-field simulation.
 
     Scores are computed inside the brain, where the tissue maps sum to more than 1/2: Colin27's maps are
     estimated on the skull-stripped copy, so both copies are scored inside the same brain.
     """
-    return [held_out_case(name, seed=TEST_SEED + index, region=budget.test_region)
-            for index, name in enumerate(split.test)]
+    return [
+        held_out_case(name, seed=TEST_SEED + index, region=budget.test_region) for index, name in enumerate(split.test)
+    ]
 
 
 # ----------------------------------------------------------------------------- one method
+
 
 def finished_checkpoint(run_dir: Path, cfg: TrainConfig) -> Path | None:
     """The run's newest checkpoint if it reached ``cfg.steps`` with this config; None if unfinished."""
@@ -145,23 +148,41 @@ def prediction_path(out: Path, method: str, scan: str) -> Path:
     return out / "predictions" / method / f"{scan}.nii.gz"
 
 
-def bench_method(budget: Budget, method: str, scans: list[HeldOutCase], out: Path, previous: dict | None,
-                 progress: bool, log: Callable[[str], None]) -> dict:
+def bench_method(
+    budget: Budget,
+    method: str,
+    scans: list[HeldOutCase],
+    out: Path,
+    previous: dict | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
     """Train (if needed), enhance and score one method; reuse ``previous`` scores of the same weights."""
     from diffiqt.enhance import DEFAULT_VOXEL_MM, Model, load_model
     from diffiqt.io import save_volume
     from diffiqt.nets import build_network, count_parameters
 
     network, settings = budget.networks[method]
-    entry: dict[str, Any] = {"label": METHODS[method], "network": network, "settings": dict(settings), "checkpoint": None,
-             "weights": None, "train_s": None, "examples": 0}
+    entry: dict[str, Any] = {
+        "label": METHODS[method],
+        "network": network,
+        "settings": dict(settings),
+        "checkpoint": None,
+        "weights": None,
+        "train_s": None,
+        "examples": 0,
+    }
     if trains(budget, method):
         cfg = method_config(budget, method)
         run_dir = out / "runs" / method
         checkpoint = ensure_trained(cfg, run_dir, progress, log)
         model = load_model(checkpoint)
-        entry.update(checkpoint=str(checkpoint), weights=weights_digest(checkpoint), train_s=training_seconds(run_dir),
-                     examples=examples(cfg))
+        entry.update(
+            checkpoint=str(checkpoint),
+            weights=weights_digest(checkpoint),
+            train_s=training_seconds(run_dir),
+            examples=examples(cfg),
+        )
     elif fitted(budget, method):
         model, entry["train_s"] = fit_linear_iqt_model(budget, method)
         entry["weights"] = tensors_digest(model.net)
@@ -206,8 +227,18 @@ def examples(cfg: TrainConfig) -> int:
 
 # ----------------------------------------------------------------------------- the whole bench
 
-def run(budget: Budget, methods: list[str], out: Path, command: str, *, docs: Path | None = None,
-        figure: Path | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+
+def run(
+    budget: Budget,
+    methods: list[str],
+    out: Path,
+    command: str,
+    *,
+    docs: Path | None = None,
+    figure: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Bench ``methods`` under ``budget`` into ``out``; write the report (and the docs section); return the results."""
     from diffiqt.bench import report
 
@@ -218,11 +249,14 @@ def run(budget: Budget, methods: list[str], out: Path, command: str, *, docs: Pa
     scans = held_out_scans(budget)
     for number, method in enumerate(methods, start=1):
         method_log = _prefixed(log, f"[{number}/{len(methods)}] {METHODS[method]}")
-        results["methods"][method] = bench_method(budget, method, scans, out, results["methods"].get(method),
-                                                  progress, method_log)
+        results["methods"][method] = bench_method(
+            budget, method, scans, out, results["methods"].get(method), progress, method_log
+        )
         save_results(results, out)
-    predictions = {method: {scan.name: prediction_path(out, method, scan.name) for scan in scans}
-                   for method, _ in report.entries(results)}  # methods of earlier runs into ``out`` too
+    predictions = {
+        method: {scan.name: prediction_path(out, method, scan.name) for scan in scans}
+        for method, _ in report.entries(results)
+    }  # methods of earlier runs into ``out`` too
     written = report.write(results, scans, predictions, out, docs=docs, figure=figure)
     log("wrote " + ", ".join(str(p) for p in written))
     return results
@@ -252,10 +286,17 @@ def start_results(out: Path, budget: Budget, command: str) -> dict:
             raise InputError(f"{path}: not readable as JSON ({exc}); move it away to start afresh") from None
         if results.get("budget") != budget.name:
             raise ConfigError(f"{out} holds a bench of budget {results.get('budget')!r}; choose another --out")
-    results.update(budget=budget.name, settings=asdict(budget), split=asdict(SPLIT), command=command,
-                   revision=git_revision(), date=datetime.datetime.now().isoformat(timespec="minutes"),
-                   machine=machine_line(resolve_device(budget.device), False), test_seed=TEST_SEED,
-                   lf_factor=LF_FACTOR)
+    results.update(
+        budget=budget.name,
+        settings=asdict(budget),
+        split=asdict(SPLIT),
+        command=command,
+        revision=git_revision(),
+        date=datetime.datetime.now().isoformat(timespec="minutes"),
+        machine=machine_line(resolve_device(budget.device), False),
+        test_seed=TEST_SEED,
+        lf_factor=LF_FACTOR,
+    )
     return results
 
 
@@ -264,8 +305,13 @@ def git_revision() -> str:
     import subprocess
 
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
@@ -276,8 +322,12 @@ def save_results(results: dict, out: Path) -> None:
     from diffiqt.io import atomic_write, save_json
 
     save_json(results, out / "results.json")
-    rows = [{"method": method, "scan": scan, "parameters": entry["parameters"], "train_s": entry["train_s"], **row}
-            for method, entry in results["methods"].items() for scan, seeds in entry["scans"].items() for row in seeds]
+    rows = [
+        {"method": method, "scan": scan, "parameters": entry["parameters"], "train_s": entry["train_s"], **row}
+        for method, entry in results["methods"].items()
+        for scan, seeds in entry["scans"].items()
+        for row in seeds
+    ]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [",".join(columns)] + [",".join(_csv(row.get(key)) for key in columns) for row in rows]
     atomic_write(out / "results.csv", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))

@@ -71,7 +71,7 @@ def load_bench_model(spec: str) -> Model:
         return load_model(spec)
     from diffiqt.nets import build_network
 
-    preset = spec[len(UNTRAINED):]
+    preset = spec[len(UNTRAINED) :]
     torch.manual_seed(0)
     return Model(build_network(preset).eval(), description=f"UNTRAINED {preset} (timings only)")
 
@@ -161,8 +161,15 @@ def run_windows(job: SchemeJob, model: Model, device: torch.device) -> SchemeOut
     lower, upper = head_box(grid.data, model.cell, int(round(HEAD_MARGIN_MM / model.voxel_mm)))
     cond = torch.from_numpy(extract(data.normalise(grid.data, scale), lower, upper))[None, None].to(device)
     denoiser = SlidingWindowDenoiser(model.denoiser(), model.cell, job.blend).to(device)
-    outcome = SchemeOutcome(0.0, 0.0, 0.0, "", lower.tolist(), (upper - lower).tolist(),
-                            windows=denoiser.window_count(tuple(cond.shape[2:])))
+    outcome = SchemeOutcome(
+        0.0,
+        0.0,
+        0.0,
+        "",
+        lower.tolist(),
+        (upper - lower).tolist(),
+        windows=denoiser.window_count(tuple(cond.shape[2:])),
+    )
     if job.time_windows:
         outcome.window_seconds = time_windows(denoiser, cond, job, device)
         return outcome
@@ -173,8 +180,9 @@ def run_windows(job: SchemeJob, model: Model, device: torch.device) -> SchemeOut
     return outcome
 
 
-def time_windows(denoiser: SlidingWindowDenoiser, cond: torch.Tensor, job: SchemeJob,
-                 device: torch.device) -> list[float]:
+def time_windows(
+    denoiser: SlidingWindowDenoiser, cond: torch.Tensor, job: SchemeJob, device: torch.device
+) -> list[float]:
     """Seconds of ``job.time_windows`` single-window evaluations (of all samples) near the box centre.
 
     One untimed warm-up window comes first: oneDNN prepares its kernels for new shapes on first use.
@@ -210,7 +218,11 @@ def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, f
     pred, truth, mask = mean[common], brain.hf.data[common], brain.mask[common]
     scores = strict_protocol(pred, truth, mask)
     excess = seam_measure(pred, mask, cell, tuple(box_lower)) - seam_measure(truth, mask, cell, tuple(box_lower))
-    return {"psnr": scores["psnr"], "ssim": scores["ssim"], "seam": float(100 * excess / np.percentile(truth[mask], 99.5))}
+    return {
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "seam": float(100 * excess / np.percentile(truth[mask], 99.5)),
+    }
 
 
 def interpolation_quality(brain: Brain, model: Model) -> dict[str, float | None]:
@@ -220,8 +232,9 @@ def interpolation_quality(brain: Brain, model: Model) -> dict[str, float | None]
     return quality(grid, brain, lower, model.cell)
 
 
-def quality_sweep(brain: Brain, model: Model, samplers: list[str], steps: list[int], seed: int,
-                  device: str) -> list[dict]:
+def quality_sweep(
+    brain: Brain, model: Model, samplers: list[str], steps: list[int], seed: int, device: str
+) -> list[dict]:
     """PSNR/SSIM and wall time of whole-volume enhancement for every sampler and number of steps."""
     rows = []
     for sampler in samplers:

@@ -86,13 +86,16 @@ def load_average() -> str:
 def machine_line(device: torch.device, bf16: bool) -> str:
     """One line naming the date, hardware, software, precision and load."""
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return (f"{datetime.datetime.now().isoformat(timespec='minutes')} · {where} · {os.cpu_count()} cores, "
-            f"torch threads {torch.get_num_threads()} · torch {torch.__version__} · "
-            f"{'bf16 autocast' if bf16 else 'float32'} · load average {load_average()}")
+    return (
+        f"{datetime.datetime.now().isoformat(timespec='minutes')} · {where} · {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()} · torch {torch.__version__} · "
+        f"{'bf16 autocast' if bf16 else 'float32'} · load average {load_average()}"
+    )
 
 
-def conv_peak(repeats: int, device: torch.device, bf16: bool,
-              memory_format: torch.memory_format = torch.channels_last_3d) -> float:
+def conv_peak(
+    repeats: int, device: torch.device, bf16: bool, memory_format: torch.memory_format = torch.channels_last_3d
+) -> float:
     """FLOP/s of a 64 -> 64 3³ convolution forward on [2, 64, 32, 32, 32], best of ``repeats``.
 
     The networks' work is mostly such convolutions, so this is the machine's attainable peak for them.

@@ -18,8 +18,12 @@ from diffiqt.io import Volume
 from diffiqt.resample import isotropic_grid, to_sitk
 
 # Network name in a budget -> SimpleITK interpolator constant.
-PEERS = {"sitk-bspline": "sitkBSpline", "sitk-bspline5": "sitkBSpline5", "sitk-lanczos": "sitkLanczosWindowedSinc",
-         "sitk-nearest": "sitkNearestNeighbor"}
+PEERS = {
+    "sitk-bspline": "sitkBSpline",
+    "sitk-bspline5": "sitkBSpline5",
+    "sitk-lanczos": "sitkLanczosWindowedSinc",
+    "sitk-nearest": "sitkNearestNeighbor",
+}
 
 
 def interpolate(lf: Volume, voxel_mm: float, peer: str) -> Volume:

@@ -31,11 +31,22 @@ PAPER = {
     "no-deepfeature-no-crossbatch": {"psnr": 26.4, "ms_ssim": 0.848},
 }
 # Scores of the per-scan tables: (key, column title, decimals). All are higher-is-better.
-SCORES = (("paper_psnr", "PSNR paper (dB)", 2), ("paper_ms_ssim", "MS-SSIM paper", 4), ("psnr", "PSNR strict (dB)", 2),
-          ("ssim", "SSIM strict", 4), ("ms_ssim", "MS-SSIM strict", 4), ("seg_miou", "tissue mIoU", 3))
-SCORE_NAMES = {"paper_psnr": "PSNR (paper protocol)", "paper_ms_ssim": "MS-SSIM (paper protocol)",
-               "psnr": "PSNR (strict)", "ssim": "SSIM (strict)", "ms_ssim": "MS-SSIM (strict)",
-               "seg_miou": "tissue mIoU"}
+SCORES = (
+    ("paper_psnr", "PSNR paper (dB)", 2),
+    ("paper_ms_ssim", "MS-SSIM paper", 4),
+    ("psnr", "PSNR strict (dB)", 2),
+    ("ssim", "SSIM strict", 4),
+    ("ms_ssim", "MS-SSIM strict", 4),
+    ("seg_miou", "tissue mIoU", 3),
+)
+SCORE_NAMES = {
+    "paper_psnr": "PSNR (paper protocol)",
+    "paper_ms_ssim": "MS-SSIM (paper protocol)",
+    "psnr": "PSNR (strict)",
+    "ssim": "SSIM (strict)",
+    "ms_ssim": "MS-SSIM (strict)",
+    "seg_miou": "tissue mIoU",
+}
 # The ordering table: (the paper's score, our scores ordered beside it).
 ORDERINGS = (("psnr", ("paper_psnr", "psnr")), ("ms_ssim", ("paper_ms_ssim",)), ("miou", ("seg_miou",)))
 PAPER_NAMES = {"psnr": "PSNR", "ms_ssim": "MS-SSIM", "miou": "parcellation mIoU"}
@@ -44,6 +55,7 @@ VIEW = "coronal"  # the x8 axial slices show as steps along the vertical axis
 
 
 # ----------------------------------------------------------------------------- numbers
+
 
 def entries(results: dict) -> list[tuple[str, dict]]:
     """(method, its results) in the report's order (results.json keeps its keys sorted)."""
@@ -85,11 +97,12 @@ def ranked(scores: dict[str, float | None]) -> list[str]:
 def concordant_pairs(paper: list[str], ours: list[str]) -> tuple[int, int]:
     """(pairs of methods ordered alike, pairs compared) among the methods both orderings rank."""
     common = [m for m in paper if m in ours]
-    pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1 :]]
     return sum(ours.index(a) < ours.index(b) for a, b in pairs), len(pairs)
 
 
 # ----------------------------------------------------------------------------- Markdown
+
 
 def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     """A Markdown table: the first ``left`` columns left-aligned (text), the others right-aligned (numbers)."""
@@ -110,8 +123,16 @@ def networks_table(results: dict) -> str:
     for method, entry in entries(results):
         paper_m = None if peer(BUDGETS["paper"], method) else paper_parameters_m(BUDGETS["paper"].networks[method][0])
         settings = f"`{json.dumps(entry['settings'])}`" if entry["settings"] else "–"
-        rows.append([entry["label"], f"`{entry['network']}`", settings, count(entry["parameters"]),
-                     f"{paper_m}M" if paper_m else "–", f"{entry['examples']:,}" if entry["examples"] else "–"])
+        rows.append(
+            [
+                entry["label"],
+                f"`{entry['network']}`",
+                settings,
+                count(entry["parameters"]),
+                f"{paper_m}M" if paper_m else "–",
+                f"{entry['examples']:,}" if entry["examples"] else "–",
+            ]
+        )
     return table(["method", "network", "settings", "parameters", "paper", "training blocks"], rows, left=3)
 
 
@@ -121,11 +142,24 @@ def scan_table(results: dict, scans: list[str]) -> str:
     for _, entry in entries(results):
         dice = "/".join(mean_sd(pooled(entry, scans, f"dice_{c}"), 3, spread=False) for c in ("csf", "gm", "wm"))
         train = f"{entry['train_s'] / 60:.1f}" if entry["train_s"] is not None else "–"
-        rows.append([entry["label"], count(entry["parameters"]), train,
-                     mean_sd(pooled(entry, scans, "inference_s"), 1),
-                     *[mean_sd(pooled(entry, scans, key), decimals) for key, _, decimals in SCORES], dice])
-    header = ["method", "params", "train (min)", "inference (s/volume)", *[title for _, title, _ in SCORES],
-              "Dice CSF/GM/WM (mean)"]
+        rows.append(
+            [
+                entry["label"],
+                count(entry["parameters"]),
+                train,
+                mean_sd(pooled(entry, scans, "inference_s"), 1),
+                *[mean_sd(pooled(entry, scans, key), decimals) for key, _, decimals in SCORES],
+                dice,
+            ]
+        )
+    header = [
+        "method",
+        "params",
+        "train (min)",
+        "inference (s/volume)",
+        *[title for _, title, _ in SCORES],
+        "Dice CSF/GM/WM (mean)",
+    ]
     return table(header, rows)
 
 
@@ -144,8 +178,9 @@ def ordering_table(results: dict) -> str:
             same, pairs = concordant_pairs(paper, ours)
             agreement.append(f"{same} of {pairs} pairs as in the paper" if pairs else "n/a")
     depth = max(len(cells) for _, cells in columns)
-    rows = [[str(rank + 1)] + [cells[rank] if rank < len(cells) else "" for _, cells in columns]
-            for rank in range(depth)]
+    rows = [
+        [str(rank + 1)] + [cells[rank] if rank < len(cells) else "" for _, cells in columns] for rank in range(depth)
+    ]
     return table(["rank", *[title for title, _ in columns]], rows + [["agreement", *agreement]], left=len(columns) + 1)
 
 
@@ -158,15 +193,23 @@ def honest_sentence(results: dict) -> str:
     losses = []
     for method, entry in methods.items():
         theirs = {key: overall(entry, key) for key in ours}
-        lost = [f"{SCORE_NAMES[key]} {mine:.3g} vs {other:.3g}" for key in ours
-                if method != "diffiqt" and (mine := ours[key]) is not None and (other := theirs[key]) is not None
-                and other >= mine]
+        lost = [
+            f"{SCORE_NAMES[key]} {mine:.3g} vs {other:.3g}"
+            for key in ours
+            if method != "diffiqt"
+            and (mine := ours[key]) is not None
+            and (other := theirs[key]) is not None
+            and other >= mine
+        ]
         if lost:
             losses.append(f"{entry['label']} on {', '.join(lost)}")
     if not losses:
         return "At this budget DiffusionIQT beats every other method run here on every score above."
-    return ("At this budget DiffusionIQT does **not** beat " + "; ".join(losses)
-            + " (DiffusionIQT's score first; means over the test scans).")
+    return (
+        "At this budget DiffusionIQT does **not** beat "
+        + "; ".join(losses)
+        + " (DiffusionIQT's score first; means over the test scans)."
+    )
 
 
 def markdown(results: dict, figure_link: str | None) -> str:
@@ -192,11 +235,14 @@ def markdown(results: dict, figure_link: str | None) -> str:
     parts += [f"### {SCAN_TITLES.get(scan, scan)} (`{scan}`)\n\n" + scan_table(results, [scan]) for scan in scans]
     if len(scans) > 1:
         parts.append("### All test scans (mean ± sd over the scans)\n\n" + scan_table(results, scans))
-    parts += ["### Ordering: the paper's Tables 1 and 2 beside this bench\n\n" + ordering_table(results),
-              honest_sentence(results)]
+    parts += [
+        "### Ordering: the paper's Tables 1 and 2 beside this bench\n\n" + ordering_table(results),
+        honest_sentence(results),
+    ]
     if figure_link:
-        parts.append(f"![Figure 2 of the paper, redone: {VIEW} slice, zoomed inset, |prediction − truth| below]"
-                     f"({figure_link})")
+        parts.append(
+            f"![Figure 2 of the paper, redone: {VIEW} slice, zoomed inset, |prediction − truth| below]({figure_link})"
+        )
     parts.append("Notes:\n\n" + "\n".join(f"- {note}" for note in [*settings["notes"], *NOTES]))
     return "\n\n".join(parts) + "\n"
 
@@ -226,6 +272,7 @@ NOTES = (
 
 # ----------------------------------------------------------------------------- files
 
+
 def replace_section(text: str, section: str, where: Path) -> str:
     """``text`` with the part between the markers replaced by ``section``, or the marked section appended."""
     block = f"{START}\n{section.strip()}\n{END}"
@@ -234,11 +281,18 @@ def replace_section(text: str, section: str, where: Path) -> str:
         return text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + "\n"
     if begin < 0 or end < begin or text.count(START) > 1:
         raise OutputError(f"{where}: the markers {START} ... {END} are incomplete, repeated or out of order")
-    return text[:begin] + block + text[end + len(END):]
+    return text[:begin] + block + text[end + len(END) :]
 
 
-def write(results: dict, scans: list, predictions: dict[str, dict[str, Path]], out: Path, *,
-          docs: Path | None = None, figure: Path | None = None) -> list[Path]:
+def write(
+    results: dict,
+    scans: list,
+    predictions: dict[str, dict[str, Path]],
+    out: Path,
+    *,
+    docs: Path | None = None,
+    figure: Path | None = None,
+) -> list[Path]:
     """OUT/report.md, the figure (default OUT/bench.png) and, with ``docs``, its marked section; returns the paths."""
     figure = Path(figure) if figure is not None else out / "bench.png"
     comparison_figure(scans, predictions, figure)
@@ -255,6 +309,7 @@ def write(results: dict, scans: list, predictions: dict[str, dict[str, Path]], o
 
 
 # ----------------------------------------------------------------------------- figure
+
 
 def comparison_figure(scans: list, predictions: dict[str, dict[str, Path]], path: Path) -> Path:
     """Per test scan: the low-field scan, every method, the truth (zoomed inset), and |error| maps below."""

@@ -37,7 +37,7 @@ def window_weights(cell: int, blend: str) -> Tensor:
     size = WINDOW_CELLS * cell
     if blend == "centre":
         profile = torch.zeros(size)
-        profile[cell:2 * cell] = 1.0
+        profile[cell : 2 * cell] = 1.0
     elif blend == "mean":
         profile = torch.ones(size)
     elif blend == "gaussian":

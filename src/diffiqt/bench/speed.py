@@ -101,8 +101,10 @@ def peak_section(peak: float, options: BenchOptions, device: torch.device) -> st
     if device.type == "cpu":
         contiguous = measure.conv_peak(peak_repeats(options), device, False, torch.contiguous_format)
         rows.append(["contiguous (default layout)", contiguous / 1e9])
-    return ("### Machine peak\n\nOne 64 → 64 3³ convolution forward on [2, 64, 32, 32, 32], "
-            f"best of {peak_repeats(options)}:\n\n" + table(["memory format", "GFLOP/s"], rows))
+    return (
+        "### Machine peak\n\nOne 64 → 64 3³ convolution forward on [2, 64, 32, 32, 32], "
+        f"best of {peak_repeats(options)}:\n\n" + table(["memory format", "GFLOP/s"], rows)
+    )
 
 
 def networks_section(options: BenchOptions, device: torch.device, peak: float) -> str:
@@ -110,17 +112,31 @@ def networks_section(options: BenchOptions, device: torch.device, peak: float) -
     for name in options.presets:
         log(f"timing network {name}")
         t = measure.time_network(name, options.repeats, device, options.bf16)
-        for label, timing, flops in (("forward", t.forward, t.forward_flops),
-                                     ("forward + backward", t.backward, t.backward_flops)):
+        for label, timing, flops in (
+            ("forward", t.forward, t.forward_flops),
+            ("forward + backward", t.backward, t.backward_flops),
+        ):
             rate = flops / timing.best
-            rows.append([name, f"{t.parameters / 1e6:.1f}M", label, flops / 1e9, timing.best, timing.median,
-                         rate / 1e9, f"{rate / peak:.0%}"])
+            rows.append(
+                [
+                    name,
+                    f"{t.parameters / 1e6:.1f}M",
+                    label,
+                    flops / 1e9,
+                    timing.best,
+                    timing.median,
+                    rate / 1e9,
+                    f"{rate / peak:.0%}",
+                ]
+            )
     warmup = "after one warm-up pass" if options.repeats > 1 else "no warm-up (first pass included)"
-    return ("### Networks: one 27 × 32³ batch (the 27 patches of a 96³ block)\n\n"
-            f"Best and median wall time of {options.repeats} passes, {warmup}; forward in inference mode, "
-            "forward + backward in training mode. GFLOP by FlopCounterMode (convolutions and matrix "
-            "products; backward ≈ 2 × forward); GFLOP/s from the best time; share of the peak above.\n\n"
-            + table(["preset", "params", "pass", "GFLOP", "best (s)", "median (s)", "GFLOP/s", "of peak"], rows))
+    return (
+        "### Networks: one 27 × 32³ batch (the 27 patches of a 96³ block)\n\n"
+        f"Best and median wall time of {options.repeats} passes, {warmup}; forward in inference mode, "
+        "forward + backward in training mode. GFLOP by FlopCounterMode (convolutions and matrix "
+        "products; backward ≈ 2 × forward); GFLOP/s from the best time; share of the peak above.\n\n"
+        + table(["preset", "params", "pass", "GFLOP", "best (s)", "median (s)", "GFLOP/s", "of peak"], rows)
+    )
 
 
 def enhancement_sections(options: BenchOptions) -> str:
@@ -128,25 +144,37 @@ def enhancement_sections(options: BenchOptions) -> str:
     try:
         model = enhancement.load_bench_model(options.model)
     except DiffiqtError as exc:
-        return (f"### Enhancement\n\nSkipped: no trained model could be loaded ({exc}). Pass `--model` a "
-                "checkpoint, or `--model untrained:small` for timings only.")
+        return (
+            f"### Enhancement\n\nSkipped: no trained model could be loaded ({exc}). Pass `--model` a "
+            "checkpoint, or `--model untrained:small` for timings only."
+        )
     warning = ""
     if options.model.startswith(enhancement.UNTRAINED):
-        warning = (f"**{model.description.upper()}: the network is untrained, so PSNR, SSIM and seams below "
-                   "say nothing about quality; only the times and memory are meaningful.**\n\n")
+        warning = (
+            f"**{model.description.upper()}: the network is untrained, so PSNR, SSIM and seams below "
+            "say nothing about quality; only the times and memory are meaningful.**\n\n"
+        )
     sections = {"enhance": schemes_section, "full-brain": full_brain_section, "quality": sweep_section}
     return warning + "\n\n".join(section(options, model) for part, section in sections.items() if part in options.parts)
 
 
 def scheme_jobs(options: BenchOptions, brain: enhancement.Brain) -> dict[str, enhancement.SchemeJob]:
     """The three schemes as jobs on ``brain``."""
-    common: dict[str, Any] = dict(brain=brain, model=options.model, steps=options.steps, seed=options.seed, device=options.device,
-                  bf16=options.bf16, threads=torch.get_num_threads())
+    common: dict[str, Any] = dict(
+        brain=brain,
+        model=options.model,
+        steps=options.steps,
+        seed=options.seed,
+        device=options.device,
+        bf16=options.bf16,
+        threads=torch.get_num_threads(),
+    )
     return {
         "(a) whole volume, cross-batch": enhancement.SchemeJob(scheme="whole", **common),
         "(b) 96³ windows, central patch": enhancement.SchemeJob(scheme="windows", blend="centre", **common),
         f"(c) 96³ windows, {options.blend} blend, {options.samples} samples": enhancement.SchemeJob(
-            scheme="windows", blend=options.blend, samples=options.samples, **common),
+            scheme="windows", blend=options.blend, samples=options.samples, **common
+        ),
     }
 
 
@@ -160,25 +188,38 @@ def schemes_section(options: BenchOptions, model) -> str:
         assert outcome.mean is not None  # only a timing job (time_windows > 0) leaves it out
         scores = enhancement.quality(outcome.mean, brain, outcome.box_lower, model.cell)
         times.append(outcome.seconds)
-        rows.append([label, outcome.seconds, outcome.memory_start_mb, outcome.memory_peak_mb, scores["psnr"],
-                     scores["ssim"], scores["seam"]])
+        rows.append(
+            [
+                label,
+                outcome.seconds,
+                outcome.memory_start_mb,
+                outcome.memory_peak_mb,
+                scores["psnr"],
+                scores["ssim"],
+                scores["seam"],
+            ]
+        )
     lf = enhancement.interpolation_quality(brain, model)
     rows.append(["low-field input, cubic interpolation", "-", "-", "-", lf["psnr"], lf["ssim"], lf["seam"]])
-    return (f"### Enhancement: three schemes\n\n{input_text(options, model, brain, outcome)} All measured in "
-            f"full, each scheme in a fresh process; memory: {outcome.memory_kind}, at the start (interpreter, "
-            "libraries, model) and at its peak. PSNR/SSIM: strict protocol against the high-field truth inside "
-            "the brain mask. Seam: mean |jump| across 32-voxel block borders minus across mid-block planes, "
-            "inside the brain, in excess of the same for the truth, in % of its intensity range (0: no "
-            "seams).\n\n"
-            + table(["scheme", "time (s)", "start (MiB)", "peak (MiB)", "PSNR (dB)", "SSIM", "seam (%)"], rows)
-            + f"\n\nTime ratios (measured): (b)/(a) = {times[1] / times[0]:.1f}, (c)/(a) = {times[2] / times[0]:.1f}.")
+    return (
+        f"### Enhancement: three schemes\n\n{input_text(options, model, brain, outcome)} All measured in "
+        f"full, each scheme in a fresh process; memory: {outcome.memory_kind}, at the start (interpreter, "
+        "libraries, model) and at its peak. PSNR/SSIM: strict protocol against the high-field truth inside "
+        "the brain mask. Seam: mean |jump| across 32-voxel block borders minus across mid-block planes, "
+        "inside the brain, in excess of the same for the truth, in % of its intensity range (0: no "
+        "seams).\n\n"
+        + table(["scheme", "time (s)", "start (MiB)", "peak (MiB)", "PSNR (dB)", "SSIM", "seam (%)"], rows)
+        + f"\n\nTime ratios (measured): (b)/(a) = {times[1] / times[0]:.1f}, (c)/(a) = {times[2] / times[0]:.1f}."
+    )
 
 
 def input_text(options: BenchOptions, model, brain: enhancement.Brain, outcome: enhancement.SchemeOutcome) -> str:
     """One sentence naming the model, the input, the head box and the sampling settings."""
-    return (f"Model: {model.description}. Input: {brain.label}, x{enhancement.LF_FACTOR} low-field simulation "
-            f"(seed {options.seed}); head box {'×'.join(map(str, outcome.box_shape))}; sampler paper, "
-            f"{options.steps} steps, seed {options.seed}, the same noise for every scheme.")
+    return (
+        f"Model: {model.description}. Input: {brain.label}, x{enhancement.LF_FACTOR} low-field simulation "
+        f"(seed {options.seed}); head box {'×'.join(map(str, outcome.box_shape))}; sampler paper, "
+        f"{options.steps} steps, seed {options.seed}, the same noise for every scheme."
+    )
 
 
 def full_brain_section(options: BenchOptions, model) -> str:
@@ -199,30 +240,45 @@ def full_brain_section(options: BenchOptions, model) -> str:
         per_window = statistics.median(outcome.window_seconds)
         total = per_window * outcome.windows * options.steps
         totals.append(total)
-        rows.append([label, outcome.windows, per_window, total,
-                     f"extrapolated: median of {len(outcome.window_seconds)} windows × {outcome.windows} windows "
-                     f"× {options.steps} steps", outcome.memory_peak_mb])
-    return (f"### Enhancement of the whole brain\n\n{input_text(options, model, brain, outcome)} "
-            f"Scheme (a) measured in full; (b) and (c) timed on "
-            f"{options.windows} windows near the centre after one warm-up window (each window: all samples "
-            "as one batch). Memory "
-            f"({outcome.memory_kind}): each scheme's own process; for (b) and (c) the peak while timing "
-            "their windows.\n\n"
-            + table(["scheme", "windows per step", "s per window", "time (s)", "how", "peak memory (MiB)"], rows)
-            + f"\n\nTime ratios: (b)/(a) = {totals[1] / totals[0]:.0f}, (c)/(a) = {totals[2] / totals[0]:.0f} "
-            "((a) measured, (b) and (c) extrapolated).")
+        rows.append(
+            [
+                label,
+                outcome.windows,
+                per_window,
+                total,
+                f"extrapolated: median of {len(outcome.window_seconds)} windows × {outcome.windows} windows "
+                f"× {options.steps} steps",
+                outcome.memory_peak_mb,
+            ]
+        )
+    return (
+        f"### Enhancement of the whole brain\n\n{input_text(options, model, brain, outcome)} "
+        f"Scheme (a) measured in full; (b) and (c) timed on "
+        f"{options.windows} windows near the centre after one warm-up window (each window: all samples "
+        "as one batch). Memory "
+        f"({outcome.memory_kind}): each scheme's own process; for (b) and (c) the peak while timing "
+        "their windows.\n\n"
+        + table(["scheme", "windows per step", "s per window", "time (s)", "how", "peak memory (MiB)"], rows)
+        + f"\n\nTime ratios: (b)/(a) = {totals[1] / totals[0]:.0f}, (c)/(a) = {totals[2] / totals[0]:.0f} "
+        "((a) measured, (b) and (c) extrapolated)."
+    )
 
 
 def sweep_section(options: BenchOptions, model) -> str:
     log("quality against steps")
     brain = enhancement.mni_brain(options.region, options.seed)
     with measure.precision(torch.device(options.device), options.bf16):
-        rows = enhancement.quality_sweep(brain, model, options.samplers, options.sweep_steps, options.seed,
-                                         options.device)
-    return (f"### Quality against sampling steps\n\nWhole-volume enhancement (a) of the {brain.label}, one "
-            f"sample, seed {options.seed}; measured.\n\n"
-            + table(["sampler", "steps", "time (s)", "PSNR (dB)", "SSIM"],
-                    [[r["sampler"], r["steps"], r["seconds"], r["psnr"], r["ssim"]] for r in rows]))
+        rows = enhancement.quality_sweep(
+            brain, model, options.samplers, options.sweep_steps, options.seed, options.device
+        )
+    return (
+        f"### Quality against sampling steps\n\nWhole-volume enhancement (a) of the {brain.label}, one "
+        f"sample, seed {options.seed}; measured.\n\n"
+        + table(
+            ["sampler", "steps", "time (s)", "PSNR (dB)", "SSIM"],
+            [[r["sampler"], r["steps"], r["seconds"], r["psnr"], r["ssim"]] for r in rows],
+        )
+    )
 
 
 def tuning_section(options: BenchOptions) -> str:
@@ -241,8 +297,7 @@ def tuning_section(options: BenchOptions) -> str:
     for label, step in steps:
         log(f"tuning: {label}")
         texts.append(step())
-    return (f"### CPU tuning ({name}, one forward pass on a 96³ block, inference mode)\n\n"
-            + "\n\n".join(texts))
+    return f"### CPU tuning ({name}, one forward pass on a 96³ block, inference mode)\n\n" + "\n\n".join(texts)
 
 
 def profile_text(name: str) -> str:
@@ -257,19 +312,24 @@ def timings_text(what: str, timings: dict) -> str:
 
 def huge_pages_text(name: str, repeats: int) -> str:
     timings = tuning.huge_page_timings(name, torch.get_num_threads(), min(repeats, 2))  # ~10x a block each
-    return (f"On a {'×'.join(map(str, tuning.HEAD_BOX))} volume (a whole brain's head box), each in a fresh "
-            "process:\n\n" + timings_text("allocator", timings))
+    return (
+        f"On a {'×'.join(map(str, tuning.HEAD_BOX))} volume (a whole brain's head box), each in a fresh "
+        "process:\n\n" + timings_text("allocator", timings)
+    )
 
 
 def memory_format_text(name: str) -> str:
     inside, total = tuning.channels_last_share(name)
     share = tuning.condition_cache_share(name)
-    return (f"{inside} of {total} multi-channel module outputs are channels_last_3d. Caching the "
-            f"condition's features across steps could save at most {share:.2%} of the FLOPs (its half of "
-            "the first convolution): not worth doing.")
+    return (
+        f"{inside} of {total} multi-channel module outputs are channels_last_3d. Caching the "
+        f"condition's features across steps could save at most {share:.2%} of the FLOPs (its half of "
+        "the first convolution): not worth doing."
+    )
 
 
 def compile_text(name: str, repeats: int) -> str:
     seconds, eager, compiled = tuning.compile_timing(name, repeats)
-    return (f"torch.compile (inductor) took {seconds:.0f} s to compile:\n\n"
-            + timings_text("forward", {"eager": eager, "compiled": compiled}))
+    return f"torch.compile (inductor) took {seconds:.0f} s to compile:\n\n" + timings_text(
+        "forward", {"eager": eager, "compiled": compiled}
+    )

@@ -140,8 +140,9 @@ def _forward_in_child(name: str, threads: int, repeats: int, shape: tuple[int, i
     return timed(forward, repeats, torch.device("cpu"))
 
 
-def huge_page_timings(name: str, threads: int, repeats: int,
-                      shape: tuple[int, int, int] = HEAD_BOX) -> dict[str, Timing]:
+def huge_page_timings(
+    name: str, threads: int, repeats: int, shape: tuple[int, int, int] = HEAD_BOX
+) -> dict[str, Timing]:
     """Forward time on a ``shape`` volume in fresh processes with PyTorch's huge-page allocation off and on.
 
     ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch's CPU allocator ask the kernel for 2 MiB pages for large

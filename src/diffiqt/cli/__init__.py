@@ -13,6 +13,7 @@ import sys
 import typer
 
 from diffiqt.cli.app import app
+
 # Command modules register themselves on `app` when imported.
 from diffiqt.cli import bench as _bench  # noqa: F401
 from diffiqt.cli import compare as _compare  # noqa: F401
@@ -57,7 +58,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
         if os.environ.get("DIFFIQT_DEBUG"):
             raise
-        print(f"diffiqt: internal error: {type(exc).__name__}: {exc} (set DIFFIQT_DEBUG=1 for details)", file=sys.stderr)
+        print(
+            f"diffiqt: internal error: {type(exc).__name__}: {exc} (set DIFFIQT_DEBUG=1 for details)", file=sys.stderr
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

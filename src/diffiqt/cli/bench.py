@@ -15,16 +15,29 @@ def _names(text: str) -> list[str]:
 
 @app.command("bench-speed")
 def bench_speed(
-    out: Path | None = typer.Option(None, "-o", "--out", help="Write the Markdown section to this file (default: print it)."),
-    presets: str = typer.Option("paper,no-crossbatch,no-deepfeature-no-crossbatch,small", help="Networks to time, comma-separated."),
-    parts: str = typer.Option("networks,enhance,full-brain,quality,tuning", help="What to run, comma-separated: networks, enhance (schemes on --region), full-brain, quality, tuning."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Write the Markdown section to this file (default: print it)."
+    ),
+    presets: str = typer.Option(
+        "paper,no-crossbatch,no-deepfeature-no-crossbatch,small", help="Networks to time, comma-separated."
+    ),
+    parts: str = typer.Option(
+        "networks,enhance,full-brain,quality,tuning",
+        help="What to run, comma-separated: networks, enhance (schemes on --region), full-brain, quality, tuning.",
+    ),
     repeats: int = typer.Option(3, help="Timed passes per measurement (1: no warm-up pass either)."),
     threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (CUDA only; about 1000x slower on this kind of CPU)."),
-    model: str = typer.Option("default", help="Model for enhancement: a shipped name, a checkpoint, or untrained:PRESET (timings only)."),
+    bf16: bool = typer.Option(
+        False, "--bf16", help="bf16 autocast (CUDA only; about 1000x slower on this kind of CPU)."
+    ),
+    model: str = typer.Option(
+        "default", help="Model for enhancement: a shipped name, a checkpoint, or untrained:PRESET (timings only)."
+    ),
     steps: int = typer.Option(20, help="Sampling steps of the scheme comparison."),
-    region: int = typer.Option(64, help="Edge (voxels) of the central brain region the three schemes run on in full; 0: the whole brain."),
+    region: int = typer.Option(
+        64, help="Edge (voxels) of the central brain region the three schemes run on in full; 0: the whole brain."
+    ),
     samples: int = typer.Option(4, help="Samples averaged by scheme (c)."),
     blend: str = typer.Option("mean", help="How scheme (c) combines overlapping windows: mean or gaussian."),
     windows: int = typer.Option(2, help="full-brain: windows timed per windowed scheme to extrapolate its time."),
@@ -59,10 +72,22 @@ def bench_speed(
     from diffiqt.io import atomic_write
 
     options = BenchOptions(
-        presets=_names(presets), parts=_names(parts), repeats=repeats, device=device, bf16=bf16, model=model,
-        steps=steps, region=region or None, samples=samples, blend=blend, windows=windows,
-        sweep_steps=[int(s) for s in _names(sweep_steps)], samplers=_names(samplers), tuning_preset=tuning_preset,
-        compile=compile_, seed=seed,
+        presets=_names(presets),
+        parts=_names(parts),
+        repeats=repeats,
+        device=device,
+        bf16=bf16,
+        model=model,
+        steps=steps,
+        region=region or None,
+        samples=samples,
+        blend=blend,
+        windows=windows,
+        sweep_steps=[int(s) for s in _names(sweep_steps)],
+        samplers=_names(samplers),
+        tuning_preset=tuning_preset,
+        compile=compile_,
+        seed=seed,
     )
     problems = [
         (not options.presets, "--presets names no network"),
@@ -72,7 +97,10 @@ def bench_speed(
         (min([repeats, steps, samples, windows, *options.sweep_steps]) < 1, "counts and steps must be at least 1"),
         (0 < region < 32 or region < 0, "--region is 0 (whole brain) or at least 32 voxels"),
         (bf16 and not device.startswith("cuda"), "--bf16 needs --device cuda (bf16 on this CPU is ~1000x slower)"),
-        (device.startswith("cuda") and not torch.cuda.is_available(), "--device cuda asked for, but no GPU is available"),
+        (
+            device.startswith("cuda") and not torch.cuda.is_available(),
+            "--device cuda asked for, but no GPU is available",
+        ),
     ]
     for failed, message in problems:
         if failed:

@@ -44,8 +44,10 @@ def bids_mode(source: Path, participants: list[str], sessions: list[str]) -> boo
     if bids.looks_like_dataset(source):
         bids.read_dataset(source)  # raises: the description is missing
     if participants or sessions:
-        raise ConfigError(f"{source}: --participant-label and --session-label select scans of a BIDS dataset, "
-                          f"and this is none (no {bids.DESCRIPTION})")
+        raise ConfigError(
+            f"{source}: --participant-label and --session-label select scans of a BIDS dataset, "
+            f"and this is none (no {bids.DESCRIPTION})"
+        )
     return False
 
 
@@ -79,8 +81,9 @@ class Plan:
     total: int  # selected T1w files: done, to do, or with a problem
 
 
-def plan(source: Path, out: Path, descs: tuple[str, ...], participants: list[str], sessions: list[str],
-         force: bool) -> Plan:
+def plan(
+    source: Path, out: Path, descs: tuple[str, ...], participants: list[str], sessions: list[str], force: bool
+) -> Plan:
     """Stages 1 and 2 of the module docstring: everything checked before the work."""
     from diffiqt.io import check_image, check_outputs
 
@@ -104,8 +107,11 @@ def plan(source: Path, out: Path, descs: tuple[str, ...], participants: list[str
             problems.append(str(exc))
             continue
         todo.append(job)
-    check_outputs([(path, str(job.scan.relpath)) for job in todo for path in job.files],
-                  [scan.path for scan in found], force=force)
+    check_outputs(
+        [(path, str(job.scan.relpath)) for job in todo for path in job.files],
+        [scan.path for scan in found],
+        force=force,
+    )
     if problems and not todo and not finished:
         refuse(problems)
     # Only now, so that a refusal above is the one line printed.
@@ -168,8 +174,17 @@ def run(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> No
         raise InputError(f"{len(failures)} of {plan.total} T1w scans were not processed (see above)")
 
 
-def enhance_dataset(source: Path, out: Path, ref: ModelRef, options: EnhanceOptions, *, png: bool, force: bool,
-                    participants: list[str], sessions: list[str]) -> None:
+def enhance_dataset(
+    source: Path,
+    out: Path,
+    ref: ModelRef,
+    options: EnhanceOptions,
+    *,
+    png: bool,
+    force: bool,
+    participants: list[str],
+    sessions: list[str],
+) -> None:
     """``diffiqt enhance BIDS_ROOT -o OUT``: ``desc-enhanced`` (and ``desc-sd`` with samples > 1) per T1w scan.
 
     ``ref`` is the resolved model (:class:`diffiqt.pretrained.ModelRef`) and ``options`` the sampler's
@@ -185,13 +200,19 @@ def enhance_dataset(source: Path, out: Path, ref: ModelRef, options: EnhanceOpti
         return all_done(work, "enhancement")
     model = load_model(ref.name if ref.name is not None else ref.path)
     options = replace(options, steps=options.steps if options.steps is not None else model.steps)
-    run(work, "enhancement", lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(work.jobs)})", model, ref, options, bar))
+    run(
+        work,
+        "enhancement",
+        lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(work.jobs)})", model, ref, options, bar),
+    )
     # The notes plain enhance prints, and for the same reason after the work: an error is then the one line printed.
     if model.warning:
         console.print(f"[yellow]note:[/yellow] {model.warning}")
     if options.samples > 1 and options.steps == 1:
-        console.print("[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
-                      "from, so their spread is no uncertainty map; use --steps 20 for one")
+        console.print(
+            "[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
+            "from, so their spread is no uncertainty map; use --steps 20 for one"
+        )
 
 
 def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: EnhanceOptions, bar: Progress) -> None:
@@ -210,20 +231,51 @@ def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: En
 
     result = enhance(lf, model, options, on_step=on_step)
     # The model as resolved (a shipped name and its weights' SHA-256, or a path), as plain enhance records it.
-    common = {"Sources": [job.scan.uri], "diffiqt_version": __version__, **result.info, "resolved_model": asdict(ref),
-              "lowfield_geometry": bids.lowfield_geometry(lf, slice_axis(lf))}
+    common = {
+        "Sources": [job.scan.uri],
+        "diffiqt_version": __version__,
+        **result.info,
+        "resolved_model": asdict(ref),
+        "lowfield_geometry": bids.lowfield_geometry(lf, slice_axis(lf)),
+    }
     with OutputGroup() as written:
         written.add(save_volume(result.mean, job.image(bids.DESC_ENHANCED), inputs=[job.scan.path]))
-        written.add(save_json({"Description": f"DiffusionIQT enhancement: the mean of {options.samples} sample(s), "
-                                              "on the model's isotropic grid", **common}, job.sidecar(bids.DESC_ENHANCED)))
+        written.add(
+            save_json(
+                {
+                    "Description": f"DiffusionIQT enhancement: the mean of {options.samples} sample(s), "
+                    "on the model's isotropic grid",
+                    **common,
+                },
+                job.sidecar(bids.DESC_ENHANCED),
+            )
+        )
         if result.std is not None:
             written.add(save_volume(result.std, job.image(bids.DESC_SD), inputs=[job.scan.path]))
-            written.add(save_json({"Description": f"per-voxel standard deviation of the {options.samples} samples "
-                                                  "whose mean is desc-enhanced (uncertainty)", **common}, job.sidecar(bids.DESC_SD)))
+            written.add(
+                save_json(
+                    {
+                        "Description": f"per-voxel standard deviation of the {options.samples} samples "
+                        "whose mean is desc-enhanced (uncertainty)",
+                        **common,
+                    },
+                    job.sidecar(bids.DESC_SD),
+                )
+            )
 
 
-def simulate_dataset(source: Path, out: Path, params: ParamsFor, seed: int, *, upsample: bool, png: bool, force: bool,
-                     participants: list[str], sessions: list[str]) -> None:
+def simulate_dataset(
+    source: Path,
+    out: Path,
+    params: ParamsFor,
+    seed: int,
+    *,
+    upsample: bool,
+    png: bool,
+    force: bool,
+    participants: list[str],
+    sessions: list[str],
+) -> None:
     """``diffiqt simulate BIDS_ROOT -o OUT``: ``desc-lowfield`` (and ``desc-lowfieldupsampled``) per T1w scan.
 
     ``params(t1)`` gives the :class:`~diffiqt.simulate.LowFieldParams` for a high-field volume; each scan's
@@ -258,14 +310,29 @@ def _simulate_scan(job: Job, params: ParamsFor, seed: int, upsample: bool) -> No
 
     sample = load_user_volume(job.scan.path)
     chosen = params(sample.t1)
-    result = simulate_low_field(sample.t1, sample.tissues, chosen, seed_for(seed, job.scan.path.name), upsample=upsample)
-    common = {"Sources": [job.scan.uri], "diffiqt_version": __version__, "seed": seed, **result.info,
-              "lowfield_geometry": bids.lowfield_geometry(result.lf, chosen.axis)}
+    result = simulate_low_field(
+        sample.t1, sample.tissues, chosen, seed_for(seed, job.scan.path.name), upsample=upsample
+    )
+    common = {
+        "Sources": [job.scan.uri],
+        "diffiqt_version": __version__,
+        "seed": seed,
+        **result.info,
+        "lowfield_geometry": bids.lowfield_geometry(result.lf, chosen.axis),
+    }
     with OutputGroup() as written:
         written.add(save_volume(result.lf, job.image(bids.DESC_LOWFIELD), inputs=[job.scan.path]))
-        written.add(save_json({"Description": "simulated low-field T1w on its thick-slice grid (Lin et al. 2023)", **common},
-                              job.sidecar(bids.DESC_LOWFIELD)))
+        written.add(
+            save_json(
+                {"Description": "simulated low-field T1w on its thick-slice grid (Lin et al. 2023)", **common},
+                job.sidecar(bids.DESC_LOWFIELD),
+            )
+        )
         if result.lf_on_hf is not None:
             written.add(save_volume(result.lf_on_hf, job.image(bids.DESC_UPSAMPLED), inputs=[job.scan.path]))
-            written.add(save_json({"Description": "the desc-lowfield scan resampled (cubic) onto the high-field grid", **common},
-                                  job.sidecar(bids.DESC_UPSAMPLED)))
+            written.add(
+                save_json(
+                    {"Description": "the desc-lowfield scan resampled (cubic) onto the high-field grid", **common},
+                    job.sidecar(bids.DESC_UPSAMPLED),
+                )
+            )

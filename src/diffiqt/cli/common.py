@@ -20,8 +20,13 @@ def progress() -> Iterator[Progress]:
     If the block fails the bar is not left behind, so that the error is the one line the user sees.
     """
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
     with bar:
         try:

@@ -11,12 +11,28 @@ from diffiqt.cli.app import app
 
 @app.command("bench")
 def bench(
-    budget: str = typer.Option("cpu", help="cpu (2 CPU cores, under 2 hours, narrow networks), smoke (seconds, a plumbing check) or paper (paper-size networks and preset, one GPU)."),
-    out: Path = typer.Option(Path("runs/bench"), "-o", "--out", help="Bench folder: runs/ (one training run per method), predictions/, results.json, results.csv, report.md, bench.png."),
-    methods: str | None = typer.Option(None, help="Comma-separated subset of: interpolation, bspline, bspline5, lanczos, linear-iqt, unet, resunet, esrgan, diffiqt, no-crossbatch, no-deepfeature-no-crossbatch (default: all)."),
-    docs: Path | None = typer.Option(None, help="Also put the report into this Markdown file, replacing what lies between <!-- bench:start --> and <!-- bench:end --> (appended the first time)."),
+    budget: str = typer.Option(
+        "cpu",
+        help="cpu (2 CPU cores, under 2 hours, narrow networks), smoke (seconds, a plumbing check) or paper (paper-size networks and preset, one GPU).",
+    ),
+    out: Path = typer.Option(
+        Path("runs/bench"),
+        "-o",
+        "--out",
+        help="Bench folder: runs/ (one training run per method), predictions/, results.json, results.csv, report.md, bench.png.",
+    ),
+    methods: str | None = typer.Option(
+        None,
+        help="Comma-separated subset of: interpolation, bspline, bspline5, lanczos, linear-iqt, unet, resunet, esrgan, diffiqt, no-crossbatch, no-deepfeature-no-crossbatch (default: all).",
+    ),
+    docs: Path | None = typer.Option(
+        None,
+        help="Also put the report into this Markdown file, replacing what lies between <!-- bench:start --> and <!-- bench:end --> (appended the first time).",
+    ),
     figure: Path | None = typer.Option(None, help="Where the figure goes (.png; default OUT/bench.png)."),
-    threads: int | None = typer.Option(None, help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)."),
+    threads: int | None = typer.Option(
+        None, help="torch threads (default: torch's choice; 1 on a machine shared with other jobs)."
+    ),
     progress: bool = typer.Option(True, help="Show a training progress bar per method."),
 ) -> None:
     """Train the paper's methods at an equal budget, score them on held-out scans, report like Tables 1-2.

@@ -8,19 +8,40 @@ import typer
 
 from diffiqt.cli.app import app
 
-METRIC_COLUMNS = [("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("paper_psnr", "paper PSNR"),
-                  ("paper_ms_ssim", "paper MS-SSIM"), ("seg_miou", "tissue mIoU"),
-                  ("outside_brain_mae_pct", "scalp MAE %")]
+METRIC_COLUMNS = [
+    ("psnr", "PSNR dB"),
+    ("ssim", "SSIM"),
+    ("ms_ssim", "MS-SSIM"),
+    ("paper_psnr", "paper PSNR"),
+    ("paper_ms_ssim", "paper MS-SSIM"),
+    ("seg_miou", "tissue mIoU"),
+    ("outside_brain_mae_pct", "scalp MAE %"),
+]
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_output"), "-o", "--out", help="Folder for the demo's outputs."),
-    brain: str = typer.Option("auto", help="Bundled real brain: colin27-brain or colin27 (whole head) are held out of the shipped model's training; mni152 was trained on. auto: colin27-brain if installed, else mni152."),
-    model: str = typer.Option("default", "--model", help="Shipped model name ('default') or a checkpoint / run folder, as for `diffiqt enhance`."),
-    slab_mm: float = typer.Option(48.0, "--slab-mm", help="Enhance only the central slab this thick across the slice axis (quicker); 0: the whole head."),
-    axis: int = typer.Option(2, help="Slice axis of the simulated scan in RAS+ voxels: 0 sagittal, 1 coronal, 2 axial."),
-    steps: int = typer.Option(None, help="Sampling steps; default: the model's own (the paper uses 20).", show_default=False),
+    brain: str = typer.Option(
+        "auto",
+        help="Bundled real brain: colin27-brain or colin27 (whole head) are held out of the shipped model's training; mni152 was trained on. auto: colin27-brain if installed, else mni152.",
+    ),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        help="Shipped model name ('default') or a checkpoint / run folder, as for `diffiqt enhance`.",
+    ),
+    slab_mm: float = typer.Option(
+        48.0,
+        "--slab-mm",
+        help="Enhance only the central slab this thick across the slice axis (quicker); 0: the whole head.",
+    ),
+    axis: int = typer.Option(
+        2, help="Slice axis of the simulated scan in RAS+ voxels: 0 sagittal, 1 coronal, 2 axial."
+    ),
+    steps: int = typer.Option(
+        None, help="Sampling steps; default: the model's own (the paper uses 20).", show_default=False
+    ),
     samples: int = typer.Option(1, help="Stochastic samples; more than 1 also writes the uncertainty (sd) map."),
     seed: int = typer.Option(0, help="Seed of the low-field simulation and of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
@@ -50,8 +71,9 @@ def demo(
     brain = pick_brain(brain)
     console.print(f"simulating an x8 low-field scan of [bold]{brain}[/bold] (slice axis {axis})")
     case = held_out_case(brain, seed=seed, axis=axis, slab_mm=slab_mm or None)
-    options = EnhanceOptions(steps if steps is not None else loaded.steps, samples=samples, seed=seed,
-                             device=str(resolve_device(device)))
+    options = EnhanceOptions(
+        steps if steps is not None else loaded.steps, samples=samples, seed=seed, device=str(resolve_device(device))
+    )
     with progress() as bar:
         task = bar.add_task("enhancing", total=options.steps)
         result = run_held_out(case, loaded, options, on_step=lambda i: bar.update(task, completed=i + 1))
@@ -64,9 +86,20 @@ def demo(
         if enhanced.std is not None:
             written.add(save_volume(enhanced.std, out / "enhanced_std.nii.gz"))
         written.add(demo_montage(case, result, out / "montage.png"))
-        written.add(save_json({"diffiqt_version": __version__, "brain": brain, "model": loaded.description,
-                               "simulation": case.simulation, "enhance": enhanced.info,
-                               "enhance_seconds": result.seconds, "metrics": result.scores}, out / "metrics.json"))
+        written.add(
+            save_json(
+                {
+                    "diffiqt_version": __version__,
+                    "brain": brain,
+                    "model": loaded.description,
+                    "simulation": case.simulation,
+                    "enhance": enhanced.info,
+                    "enhance_seconds": result.seconds,
+                    "metrics": result.scores,
+                },
+                out / "metrics.json",
+            )
+        )
     console.print(metrics_table(result.scores, f"{brain}: {result.seconds:.0f} s for {options.steps} steps"))
     for path in written.paths:
         typer.echo(str(path))
@@ -80,8 +113,10 @@ def pick_brain(brain: str) -> str:
         return brain
     if colin27_available():
         return "colin27-brain"
-    console.print("note: Colin27 (Debian's mricron-data) is not installed, so the demo uses MNI152, which the "
-                  "shipped model was trained on: its scores are not a held-out test")
+    console.print(
+        "note: Colin27 (Debian's mricron-data) is not installed, so the demo uses MNI152, which the "
+        "shipped model was trained on: its scores are not a held-out test"
+    )
     return "mni152"
 
 
@@ -91,12 +126,22 @@ def demo_montage(case, result, path: Path) -> Path:
 
     truth = case.hf
     cubic, enhanced = result.interpolated, result.enhanced.mean
-    errors = [(f"error {name}", truth.with_data(onto_shape(vol.data, truth.shape) - truth.data))
-              for name, vol in (("cubic", cubic), ("enhanced", enhanced))]
-    panels = [("high field (truth)", truth), ("low field x8", case.lf), ("cubic", cubic), ("enhanced", enhanced), *errors]
+    errors = [
+        (f"error {name}", truth.with_data(onto_shape(vol.data, truth.shape) - truth.data))
+        for name, vol in (("cubic", cubic), ("enhanced", enhanced))
+    ]
+    panels = [
+        ("high field (truth)", truth),
+        ("low field x8", case.lf),
+        ("cubic", cubic),
+        ("enhanced", enhanced),
+        *errors,
+    ]
     scores = result.scores
-    title = (f"{case.name}: PSNR cubic {scores['cubic']['psnr']:.2f} dB, "
-             f"enhanced {scores['enhanced']['psnr']:.2f} dB (brain mask)")
+    title = (
+        f"{case.name}: PSNR cubic {scores['cubic']['psnr']:.2f} dB, "
+        f"enhanced {scores['enhanced']['psnr']:.2f} dB (brain mask)"
+    )
     return montage(panels, path, title=title, diverging={name for name, _ in errors})
 
 

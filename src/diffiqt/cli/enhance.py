@@ -11,21 +11,53 @@ from diffiqt.cli.app import app
 
 @app.command()
 def enhance(
-    sources: list[Path] = typer.Argument(..., metavar="SOURCE...", help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them; or 2-3 scans of one session (any slice directions), fused into one volume."),
-    out: Path = typer.Option(..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."),
-    model: str = typer.Option("default", "--model", help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint)."),
-    steps: int = typer.Option(None, help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.", show_default=False),
-    sampler: str | None = typer.Option(None, help="paper (Algorithm 2), ancestral (posterior), ddim (deterministic) or refine (the posterior mean, then a short chain from it); default: the model's own (its card says it).", show_default=False),
-    samples: int = typer.Option(1, help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty)."),
+    sources: list[Path] = typer.Argument(
+        ...,
+        metavar="SOURCE...",
+        help="Low-field NIfTI/MGZ scan (any orientation, thick slices), or a folder of them; or 2-3 scans of one session (any slice directions), fused into one volume.",
+    ),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Enhanced output file (.nii.gz), or a folder when SOURCE is a folder."
+    ),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        help="A shipped model's name ('default': the one shipped as default), a checkpoint folder, or a training run folder (its newest checkpoint).",
+    ),
+    steps: int = typer.Option(
+        None,
+        help="Sampling steps; default: the model's own (a shipped model's card says it, see docs/model-card.md; the paper uses 20). Fewer is faster and smoother.",
+        show_default=False,
+    ),
+    sampler: str | None = typer.Option(
+        None,
+        help="paper (Algorithm 2), ancestral (posterior), ddim (deterministic) or refine (the posterior mean, then a short chain from it); default: the model's own (its card says it).",
+        show_default=False,
+    ),
+    samples: int = typer.Option(
+        1,
+        help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty).",
+    ),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (cuda if available)."),
-    max_voxels: int = typer.Option(None, help="Evaluate the network in chunks of at most this many voxels (same result, less memory)."),
+    max_voxels: int = typer.Option(
+        None, help="Evaluate the network in chunks of at most this many voxels (same result, less memory)."
+    ),
     png: bool = typer.Option(False, help="Also write a PNG montage (LF | enhanced | std) as *_montage.png."),
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
-    participant_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this participant's scans (repeatable; 01 or sub-01)."),
-    session_label: list[str] = typer.Option([], help="BIDS dataset only: enhance this session's scans (repeatable; 1 or ses-1)."),
-    fusion: str = typer.Option("fourier", help="Several scans: fourier (each scan weighted by the frequencies its slices resolve) or mean."),
-    register: bool = typer.Option(True, help="Several scans: rigidly register each enhanced scan to the first (needs SimpleITK: pip install 'diffiqt[bench]')."),
+    participant_label: list[str] = typer.Option(
+        [], help="BIDS dataset only: enhance this participant's scans (repeatable; 01 or sub-01)."
+    ),
+    session_label: list[str] = typer.Option(
+        [], help="BIDS dataset only: enhance this session's scans (repeatable; 1 or ses-1)."
+    ),
+    fusion: str = typer.Option(
+        "fourier", help="Several scans: fourier (each scan weighted by the frequencies its slices resolve) or mean."
+    ),
+    register: bool = typer.Option(
+        True,
+        help="Several scans: rigidly register each enhanced scan to the first (needs SimpleITK: pip install 'diffiqt[bench]').",
+    ),
 ) -> None:
     """Enhance low-field brain MRI with a trained DiffusionIQT model.
 
@@ -69,13 +101,23 @@ def enhance(
         from diffiqt.cli.fusion import enhance_fused
 
         if participant_label or session_label:
-            raise ConfigError("--participant-label and --session-label select scans of one BIDS dataset, not of several scans")
+            raise ConfigError(
+                "--participant-label and --session-label select scans of one BIDS dataset, not of several scans"
+            )
         options = EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels)
         return enhance_fused(sources, out, ref, options, fusion, register, png, force)
     source = sources[0]
     if bids_mode(source, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
-        return enhance_dataset(source, out, ref, EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels),
-                               png=png, force=force, participants=participant_label, sessions=session_label)
+        return enhance_dataset(
+            source,
+            out,
+            ref,
+            EnhanceOptions(steps, sampler, samples, seed, str(target_device), max_voxels),
+            png=png,
+            force=force,
+            participants=participant_label,
+            sessions=session_label,
+        )
     folder_mode = source.is_dir()
     if folder_mode:
         if out.suffix:
@@ -84,7 +126,9 @@ def enhance(
         jobs = [(f, out / f"{split_image_name(f)[0]}_enhanced{split_image_name(f)[1]}") for f in scans]
     else:
         scans, jobs = [source], [(source, check_output_path(out))]  # a .nii.gz/.mgz name (folder mode keeps the scans')
-    check_outputs([(path, scan.name) for scan, target in jobs for path in outputs_of(target, samples, png)], scans, force=force)
+    check_outputs(
+        [(path, scan.name) for scan, target in jobs for path in outputs_of(target, samples, png)], scans, force=force
+    )
     lf = None if folder_mode else load_volume(source)
     if folder_mode:
         # Under torchrun each process takes every world-th scan. The split follows the process group, not
@@ -92,10 +136,12 @@ def enhance(
         # Joining (with a barrier) also keeps one process's new outputs from failing another's checks above.
         distributed.init(target_device.type)
         distributed.barrier()
-        jobs = jobs[distributed.rank()::distributed.world_size()]
+        jobs = jobs[distributed.rank() :: distributed.world_size()]
     try:
         loaded = load_model(ref.name if ref.name is not None else ref.path)
-        options = EnhanceOptions(steps if steps is not None else loaded.steps, sampler, samples, seed, str(target_device), max_voxels)
+        options = EnhanceOptions(
+            steps if steps is not None else loaded.steps, sampler, samples, seed, str(target_device), max_voxels
+        )
         with progress() as bar:
             for scan, target in jobs:
                 enhance_file(scan, lf if lf is not None else load_volume(scan), target, loaded, ref, options, png, bar)
@@ -105,16 +151,22 @@ def enhance(
     if loaded.warning:
         console.print(f"[yellow]note:[/yellow] {loaded.warning}")
     if options.samples > 1 and options.steps == 1:
-        console.print("[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
-                      "from, so their spread is no uncertainty map; use --steps 20 for one")
+        console.print(
+            "[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
+            "from, so their spread is no uncertainty map; use --steps 20 for one"
+        )
 
 
 def outputs_of(target: Path, samples: int, png: bool) -> list[Path]:
     """Every file that enhancing into ``target`` writes: the mean, the std (samples > 1), the montage, the sidecar."""
     from diffiqt.io import sibling_path
 
-    return ([target] + ([sibling_path(target, "_std")] if samples > 1 else [])
-            + ([sibling_path(target, "_montage", ".png")] if png else []) + [sibling_path(target, "", ".json")])
+    return (
+        [target]
+        + ([sibling_path(target, "_std")] if samples > 1 else [])
+        + ([sibling_path(target, "_montage", ".png")] if png else [])
+        + [sibling_path(target, "", ".json")]
+    )
 
 
 def enhance_file(scan: Path, lf, target: Path, model, ref, options, png: bool, bar) -> None:
@@ -141,10 +193,21 @@ def enhance_file(scan: Path, lf, target: Path, model, ref, options, png: bool, b
         if result.std is not None:
             written.add(save_volume(result.std, std_path, inputs=[scan]))
         if png:
-            panels = [("low field", lf), ("enhanced", result.mean)] + ([("uncertainty (sd)", result.std)] if result.std is not None else [])
+            panels = [("low field", lf), ("enhanced", result.mean)] + (
+                [("uncertainty (sd)", result.std)] if result.std is not None else []
+            )
             written.add(montage(panels, sibling_path(target, "_montage", ".png"), title=scan.name))
         # The model as resolved (a shipped name and the SHA-256 its weights were checked against, or a path),
         # so that a result can be traced to the exact weights that made it.
-        written.add(save_json({"diffiqt_version": __version__, "input": str(scan), **result.info,
-                               "resolved_model": asdict(ref),
-                               "outputs": [str(p) for p in written.paths]}, sibling_path(target, "", ".json")))
+        written.add(
+            save_json(
+                {
+                    "diffiqt_version": __version__,
+                    "input": str(scan),
+                    **result.info,
+                    "resolved_model": asdict(ref),
+                    "outputs": [str(p) for p in written.paths],
+                },
+                sibling_path(target, "", ".json"),
+            )
+        )

@@ -25,7 +25,9 @@ def pair_files(pred: Path, target: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segmentation: bool, png: Path | None) -> dict:
+def score_pair(
+    pred_path: Path, target_path: Path, mask_path: Path | None, segmentation: bool, png: Path | None
+) -> dict:
     """Metrics of one pair; the prediction is resampled (cubic) onto the target's grid if needed."""
     import numpy as np
 
@@ -42,30 +44,45 @@ def score_pair(pred_path: Path, target_path: Path, mask_path: Path | None, segme
         # Resampling pads outside the prediction, so without any overlap it would score padding alone.
         (pred_lo, pred_hi), (target_lo, target_hi) = pred.world_bounds(), target.world_bounds()
         if np.any(np.minimum(pred_hi, target_hi) <= np.maximum(pred_lo, target_lo)):
-            raise InputError(f"{pred_path}: its field of view does not overlap {target_path}'s; "
-                             "are both in the same world space?")
+            raise InputError(
+                f"{pred_path}: its field of view does not overlap {target_path}'s; are both in the same world space?"
+            )
         pred = resample(pred, target.affine, target.shape)
     if mask_path is not None:
         mask_volume = load_volume(mask_path)
         if mask_volume.shape != target.shape or not np.allclose(mask_volume.affine, target.affine, atol=1e-4):
-            raise InputError(f"{mask_path}: mask is not on the target's grid (shape {target.shape} and the same affine)")
+            raise InputError(
+                f"{mask_path}: mask is not on the target's grid (shape {target.shape} and the same affine)"
+            )
         mask = mask_volume.data > 0.5
     else:
         mask = intensity_mask(target.data, skull_stripped=looks_skull_stripped(target.data))
     check_head(mask, mask_path or target_path)
-    row = {"pred": str(pred_path), "target": str(target_path), **evaluate(pred.data, target.data, mask, segmentation=segmentation)}
+    row = {
+        "pred": str(pred_path),
+        "target": str(target_path),
+        **evaluate(pred.data, target.data, mask, segmentation=segmentation),
+    }
     if png is not None:
         error = target.with_data(pred.data - target.data)
-        montage([("target", target), ("prediction", pred), ("prediction - target", error)], png,
-                diverging={"prediction - target"}, title=f"{pred_path.name}: PSNR {row['psnr']:.2f} dB (in mask)")
+        montage(
+            [("target", target), ("prediction", pred), ("prediction - target", error)],
+            png,
+            diverging={"prediction - target"},
+            title=f"{pred_path.name}: PSNR {row['psnr']:.2f} dB (in mask)",
+        )
     return row
 
 
 @app.command()
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Enhanced volume, or a folder of them."),
-    target: Path = typer.Option(..., "--target", help="High-field reference volume, or a folder (files paired by name)."),
-    mask: Path = typer.Option(None, "--mask", help="Brain mask on the target's grid (default: from the target's intensity)."),
+    target: Path = typer.Option(
+        ..., "--target", help="High-field reference volume, or a folder (files paired by name)."
+    ),
+    mask: Path = typer.Option(
+        None, "--mask", help="Brain mask on the target's grid (default: from the target's intensity)."
+    ),
     csv: Path = typer.Option(None, "--csv", help="Write the table as CSV."),
     json_out: Path = typer.Option(None, "--json", help="Write the table as JSON."),
     png: Path = typer.Option(None, "--png", help="Error-map montage (a file for one pair, a folder for folders)."),
@@ -109,8 +126,11 @@ def evaluate(
         if json_out is not None:
             written.add(save_json(rows, json_out))
         if csv is not None:
-            text = ",".join(["pred", "target", *keys]) + "\n" + "".join(
-                ",".join([r["pred"], r["target"], *[format_metric(r[k]) for k in keys]]) + "\n" for r in rows)
+            text = (
+                ",".join(["pred", "target", *keys])
+                + "\n"
+                + "".join(",".join([r["pred"], r["target"], *[format_metric(r[k]) for k in keys]]) + "\n" for r in rows)
+            )
             written.add(save_text(text, csv))
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def enhance_fused(sources: list[Path], out: Path, ref, options, method: str, register: bool, png: bool,
-                  force: bool) -> None:
+def enhance_fused(
+    sources: list[Path], out: Path, ref, options, method: str, register: bool, png: bool, force: bool
+) -> None:
     """Enhance every scan of ``sources`` with the model ``ref`` and write their fusion (:mod:`diffiqt.fusion`)
     to ``out``, its uncertainty map to ``*_std`` and a JSON sidecar (all or none of them)."""
     from dataclasses import asdict
@@ -17,7 +18,15 @@ def enhance_fused(sources: list[Path], out: Path, ref, options, method: str, reg
     from diffiqt.errors import InputError
     from diffiqt.figures import montage
     from diffiqt.fusion import METHODS, FusionOptions, check_scans, enhance_and_fuse
-    from diffiqt.io import OutputGroup, check_output_path, check_outputs, load_volume, save_json, save_volume, sibling_path
+    from diffiqt.io import (
+        OutputGroup,
+        check_output_path,
+        check_outputs,
+        load_volume,
+        save_json,
+        save_volume,
+        sibling_path,
+    )
 
     if method not in METHODS:
         raise InputError(f"unknown --fusion {method!r}; choose from {', '.join(METHODS)}")
@@ -28,12 +37,19 @@ def enhance_fused(sources: list[Path], out: Path, ref, options, method: str, reg
     if len(sources) > 3:
         raise InputError(f"{len(sources)} scans: fusion takes 2 or 3 scans of one session")
     target = check_output_path(out, sources)
-    std_path, json_path, png_path = sibling_path(target, "_std"), sibling_path(target, "", ".json"), sibling_path(target, "_montage", ".png")
-    check_outputs([(p, "the fusion") for p in [target, std_path, json_path] + ([png_path] if png else [])], sources, force=force)
+    std_path, json_path, png_path = (
+        sibling_path(target, "_std"),
+        sibling_path(target, "", ".json"),
+        sibling_path(target, "_montage", ".png"),
+    )
+    check_outputs(
+        [(p, "the fusion") for p in [target, std_path, json_path] + ([png_path] if png else [])], sources, force=force
+    )
     scans = [load_volume(path) for path in sources]
     check_scans(scans)  # before the model loads: a wrong set of files costs nothing
     model = load_model(ref.name if ref.name is not None else ref.path)
     with progress() as bar:
+
         def on_scan(index: int):
             task = bar.add_task(f"enhancing {sources[index].name}", total=options.steps or model.steps)
             return lambda i: bar.update(task, completed=i + 1)
@@ -46,9 +62,22 @@ def enhance_fused(sources: list[Path], out: Path, ref, options, method: str, reg
             panels = [(f"low field: {p.name}", scan) for p, scan in zip(sources, scans)]
             panels += [("fused", result.mean), ("disagreement (sd)", result.std)]
             written.add(montage(panels, png_path, title=" + ".join(p.name for p in sources)))
-        written.add(save_json({"diffiqt_version": __version__, "inputs": [str(p) for p in sources], **result.info,
-                               "model": model.description, "steps": options.steps or model.steps,
-                               "sampler": options.sampler, "samples": options.samples, "seed": options.seed,
-                               "resolved_model": asdict(ref), "outputs": [str(p) for p in written.paths]}, json_path))
+        written.add(
+            save_json(
+                {
+                    "diffiqt_version": __version__,
+                    "inputs": [str(p) for p in sources],
+                    **result.info,
+                    "model": model.description,
+                    "steps": options.steps or model.steps,
+                    "sampler": options.sampler,
+                    "samples": options.samples,
+                    "seed": options.seed,
+                    "resolved_model": asdict(ref),
+                    "outputs": [str(p) for p in written.paths],
+                },
+                json_path,
+            )
+        )
     if model.warning:
         console.print(f"[yellow]note:[/yellow] {model.warning}")

@@ -67,15 +67,55 @@ def model_info(
 
 @app.command("export-model")
 def export_model(
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder, or a training run folder (its newest checkpoint).")],
-    name: Annotated[str, typer.Option("--name", help="Name of the shipped model (its files are NAME.safetensors and NAME.json).")],
-    folder: Annotated[str | None, typer.Option("--folder", help="Where to write; default: the installed package's weights/ folder.", show_default=False)] = None,
-    dtype: Annotated[str, typer.Option(help="float16 (half the size; enhancement computes in float32) or float32.")] = "float16",
-    default: Annotated[bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")] = False,
-    summary: Annotated[str | None, typer.Option("--summary", help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).", show_default=False)] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sample_steps).", show_default=False)] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="Sampler `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sampler).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an exported model of that name in --folder (the installed package's own models are never replaced).")] = False,
+    checkpoint: Annotated[
+        str, typer.Argument(help="A checkpoint folder, or a training run folder (its newest checkpoint).")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="Name of the shipped model (its files are NAME.safetensors and NAME.json).")
+    ],
+    folder: Annotated[
+        str | None,
+        typer.Option(
+            "--folder", help="Where to write; default: the installed package's weights/ folder.", show_default=False
+        ),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="float16 (half the size; enhancement computes in float32) or float32.")
+    ] = "float16",
+    default: Annotated[
+        bool, typer.Option("--default", help="Make it the model `diffiqt enhance` uses without --model.")
+    ] = False,
+    summary: Annotated[
+        str | None,
+        typer.Option(
+            "--summary",
+            help="JSON file whose content goes into the card's 'trained' entry (data, time, ...).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Sampling steps `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sample_steps).",
+            show_default=False,
+        ),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            "--sampler",
+            help="Sampler `diffiqt enhance` uses for this model unless told otherwise; default: its training config's (diffusion.sampler).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an exported model of that name in --folder (the installed package's own models are never replaced).",
+        ),
+    ] = False,
 ) -> None:
     """Turn a training checkpoint's EMA weights into a model that `diffiqt enhance --model NAME` finds.
 
@@ -100,7 +140,8 @@ def export_model(
             extra = json.loads(Path(summary).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{summary}: not a readable JSON file ({exc})") from None
-    weights, card = export_checkpoint(checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps,
-                                      sampler=sampler, force=force)
+    weights, card = export_checkpoint(
+        checkpoint, name, target, dtype=dtype, default=default, summary=extra, steps=steps, sampler=sampler, force=force
+    )
     typer.echo(str(weights))
     typer.echo(str(card))

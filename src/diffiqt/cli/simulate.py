@@ -24,20 +24,33 @@ def parse_axis(text: str) -> int:
 
 @app.command()
 def simulate(
-    source: str = typer.Argument(..., help="HF T1w NIfTI/MGZ file, a folder of them, or a bundled brain name ('mni152')."),
+    source: str = typer.Argument(
+        ..., help="HF T1w NIfTI/MGZ file, a folder of them, or a bundled brain name ('mni152')."
+    ),
     out: Path = typer.Option(..., "-o", "--out", help="Output LF file (.nii.gz), or a folder when SOURCE is a folder."),
     thickness: float = typer.Option(4.2, help="Slice thickness in mm (= FWHM of the Gaussian slice profile)."),
     gap: float = typer.Option(1.4, help="Gap between slices in mm; one slice is kept every thickness+gap mm."),
-    factor: float = typer.Option(None, help="Decimation factor relative to the input voxel size; overrides --thickness/--gap with the paper's 3:1 ratio (8 = paper)."),
+    factor: float = typer.Option(
+        None,
+        help="Decimation factor relative to the input voxel size; overrides --thickness/--gap with the paper's 3:1 ratio (8 = paper).",
+    ),
     axis: str = typer.Option("axial", help=f"Slice direction: {AXES}."),
-    snr_wm: float = typer.Option(None, help="White-matter SNR; with --snr-gm fixes both instead of drawing them from the T1w prior."),
+    snr_wm: float = typer.Option(
+        None, help="White-matter SNR; with --snr-gm fixes both instead of drawing them from the T1w prior."
+    ),
     snr_gm: float = typer.Option(None, help="Grey-matter SNR (see --snr-wm)."),
     seed: int = typer.Option(0, help="Random seed (noise and SNR draws); each file's stream also depends on its name."),
-    upsample: bool = typer.Option(True, help="Also write the LF resampled (cubic) onto the HF grid as *_upsampled: the network's condition."),
+    upsample: bool = typer.Option(
+        True, help="Also write the LF resampled (cubic) onto the HF grid as *_upsampled: the network's condition."
+    ),
     png: bool = typer.Option(False, help="Also write a PNG montage (HF vs LF) as *_montage.png."),
     force: bool = typer.Option(False, "--force", help="Replace outputs that already exist."),
-    participant_label: list[str] = typer.Option([], help="BIDS dataset only: simulate from this participant's scans (repeatable; 01 or sub-01)."),
-    session_label: list[str] = typer.Option([], help="BIDS dataset only: simulate from this session's scans (repeatable; 1 or ses-1)."),
+    participant_label: list[str] = typer.Option(
+        [], help="BIDS dataset only: simulate from this participant's scans (repeatable; 01 or sub-01)."
+    ),
+    session_label: list[str] = typer.Option(
+        [], help="BIDS dataset only: simulate from this session's scans (repeatable; 1 or ses-1)."
+    ),
 ) -> None:
     """Simulate low-field scans from high-field T1w volumes.
 
@@ -65,24 +78,50 @@ def simulate(
     check_seed(seed)
     path = Path(source)
     if bids_mode(path, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
-        params = partial(lowfield_params, thickness=thickness, gap=gap, factor=factor, axis=axis_index, snr_wm=snr_wm, snr_gm=snr_gm)
-        return simulate_dataset(path, out, params, seed, upsample=upsample, png=png, force=force,
-                                participants=participant_label, sessions=session_label)
+        params = partial(
+            lowfield_params, thickness=thickness, gap=gap, factor=factor, axis=axis_index, snr_wm=snr_wm, snr_gm=snr_gm
+        )
+        return simulate_dataset(
+            path,
+            out,
+            params,
+            seed,
+            upsample=upsample,
+            png=png,
+            force=force,
+            participants=participant_label,
+            sessions=session_label,
+        )
     if path.is_dir():
         files = datasets.list_user_folder(path)
         if out.suffix:
             raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
         jobs = [(file, out / f"{split_image_name(file)[0]}_lf{split_image_name(file)[1]}") for file in files]
         # Every output against every input of the folder: s_lf.nii.gz may be another input, not only s's own.
-        check_outputs([(p, file.name) for file, target in jobs for p in outputs_of(target, upsample, png)], files, force=force)
+        check_outputs(
+            [(p, file.name) for file, target in jobs for p in outputs_of(target, upsample, png)], files, force=force
+        )
         failures = []
         with progress() as bar:
             task = bar.add_task("simulating", total=len(files))
             for file, target in jobs:
                 try:
                     sample = datasets.load_user_volume(file)
-                    _simulate_one(sample, target, [file], thickness, gap, factor, axis_index,
-                                  snr_wm, snr_gm, seed, seed_for(seed, file.name), upsample, png)
+                    _simulate_one(
+                        sample,
+                        target,
+                        [file],
+                        thickness,
+                        gap,
+                        factor,
+                        axis_index,
+                        snr_wm,
+                        snr_gm,
+                        seed,
+                        seed_for(seed, file.name),
+                        upsample,
+                        png,
+                    )
                 except DiffiqtError as exc:
                     failures.append(str(exc))
                     bar.console.print(f"[red]skipped[/red] {exc}")
@@ -95,20 +134,38 @@ def simulate(
         sample = datasets.load_user_volume(path)
     else:
         sample = datasets.load_bundled(source)
-    _simulate_one(sample, out, [path], thickness, gap, factor, axis_index, snr_wm, snr_gm, seed,
-                  seed_for(seed, sample.name), upsample, png)
+    _simulate_one(
+        sample,
+        out,
+        [path],
+        thickness,
+        gap,
+        factor,
+        axis_index,
+        snr_wm,
+        snr_gm,
+        seed,
+        seed_for(seed, sample.name),
+        upsample,
+        png,
+    )
 
 
 def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
     """Every file simulating into ``out`` writes: the LF volume, its upsampled copy, the montage, the sidecar."""
     from diffiqt.io import sibling_path
 
-    return ([out] + ([sibling_path(out, "_upsampled")] if upsample else [])
-            + ([sibling_path(out, "_montage", ".png")] if png else []) + [sibling_path(out, "", ".json")])
+    return (
+        [out]
+        + ([sibling_path(out, "_upsampled")] if upsample else [])
+        + ([sibling_path(out, "_montage", ".png")] if png else [])
+        + [sibling_path(out, "", ".json")]
+    )
 
 
-def lowfield_params(t1, thickness: float, gap: float, factor: float | None, axis: int,
-                    snr_wm: float | None, snr_gm: float | None):
+def lowfield_params(
+    t1, thickness: float, gap: float, factor: float | None, axis: int, snr_wm: float | None, snr_gm: float | None
+):
     """The simulation's parameters for the HF volume ``t1``: --factor is relative to its voxel size."""
     from diffiqt.simulate import LowFieldParams
 
@@ -124,7 +181,11 @@ def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_w
     from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
     from diffiqt.simulate import simulate_low_field
 
-    up_path, json_path, png_path = sibling_path(out, "_upsampled"), sibling_path(out, "", ".json"), sibling_path(out, "_montage", ".png")
+    up_path, json_path, png_path = (
+        sibling_path(out, "_upsampled"),
+        sibling_path(out, "", ".json"),
+        sibling_path(out, "_montage", ".png"),
+    )
     params = lowfield_params(sample.t1, thickness, gap, factor, axis, snr_wm, snr_gm)
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=upsample)
     with OutputGroup() as written:
@@ -136,6 +197,11 @@ def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_w
             step = params.spacing_mm / sample.t1.voxel_size[axis]
             written.add(montage(panels, png_path, title=f"{sample.name}: x{step:.3g} decimation, axis {axis}"))
         source = str(inputs[0]) if inputs[0].exists() else f"bundled:{sample.name}"
-        sidecar = {"diffiqt_version": __version__, "source": source, "seed": seed, **result.info,
-                   "outputs": [str(p) for p in written.paths]}
+        sidecar = {
+            "diffiqt_version": __version__,
+            "source": source,
+            "seed": seed,
+            **result.info,
+            "outputs": [str(p) for p in written.paths],
+        }
         written.add(save_json(sidecar, json_path))

@@ -12,14 +12,26 @@ from diffiqt.cli.app import app
 @app.command()
 def train(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder: config.json, train.csv, val.csv, checkpoints/."),
-    preset: str | None = typer.Option(None, help="Bundled preset: 'paper' (the paper's settings, GPU) or 'cpu-small' (2 CPU cores, < 1 h)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="JSON or TOML config file, merged over the preset (or the defaults)."),
-    set_: list[str] = typer.Option([], "--set", help="Change one setting, e.g. --set optim.lr=3e-4 --set data.sources='[\"mni152\"]' (repeatable)."),
+    preset: str | None = typer.Option(
+        None, help="Bundled preset: 'paper' (the paper's settings, GPU) or 'cpu-small' (2 CPU cores, < 1 h)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="JSON or TOML config file, merged over the preset (or the defaults)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Change one setting, e.g. --set optim.lr=3e-4 --set data.sources='[\"mni152\"]' (repeatable)."
+    ),
     steps: int | None = typer.Option(None, help="Total optimizer steps (with --resume: extend the run to this many)."),
-    max_minutes: float | None = typer.Option(None, help="Stop earlier, with a final validation and checkpoint, after this many minutes of training."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N (under torchrun each process takes its local GPU)."),
+    max_minutes: float | None = typer.Option(
+        None, help="Stop earlier, with a final validation and checkpoint, after this many minutes of training."
+    ),
+    device: str | None = typer.Option(
+        None, help="auto, cpu, cuda or cuda:N (under torchrun each process takes its local GPU)."
+    ),
     seed: int | None = typer.Option(None, help="Random seed of weights, data and noise."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, exactly."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its newest checkpoint, exactly."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar (rank 0 only)."),
 ) -> None:
     """Train a model; every run folder holds the full resolved config and safetensors checkpoints.
@@ -44,7 +56,9 @@ def train(
     assignments += (f'device="{device}"',) if device is not None else ()
     if resume:
         if preset or config:
-            raise ConfigError("--resume continues the run with its saved config; drop --preset/--config (--steps extends it)")
+            raise ConfigError(
+                "--resume continues the run with its saved config; drop --preset/--config (--steps extends it)"
+            )
         cfg = resume_config(out, assignments)
     else:
         cfg = configs.resolve(preset, config, assignments)

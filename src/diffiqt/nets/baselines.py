@@ -79,8 +79,9 @@ class UNet3d(DirectNet):
 
     name = "unet"
 
-    def __init__(self, widths: Sequence[int] = (64, 128, 256, 512), residual: bool = False,
-                 condition_skip: bool = False):
+    def __init__(
+        self, widths: Sequence[int] = (64, 128, 256, 512), residual: bool = False, condition_skip: bool = False
+    ):
         super().__init__()
         block = _ResidualBlock if residual else _conv_block
         self.widths = list(widths)

@@ -145,13 +145,17 @@ def fold_last_axis(x: Tensor, factor: int) -> Tensor:
     b, c, d, h, w = x.shape
     if w % factor:
         raise ValueError(f"the last axis ({w}) is not a multiple of the fold {factor}")
-    return x.reshape(b, c, d, h, w // factor, factor).permute(0, 1, 5, 2, 3, 4).reshape(b, c * factor, d, h, w // factor)
+    return (
+        x.reshape(b, c, d, h, w // factor, factor).permute(0, 1, 5, 2, 3, 4).reshape(b, c * factor, d, h, w // factor)
+    )
 
 
 def unfold_last_axis(x: Tensor, factor: int) -> Tensor:
     """Inverse of :func:`fold_last_axis`: [B, C·f, D, H, W] -> [B, C, D, H, W·f]."""
     b, cf, d, h, w = x.shape
-    return x.reshape(b, cf // factor, factor, d, h, w).permute(0, 1, 3, 4, 5, 2).reshape(b, cf // factor, d, h, w * factor)
+    return (
+        x.reshape(b, cf // factor, factor, d, h, w).permute(0, 1, 3, 4, 5, 2).reshape(b, cf // factor, d, h, w * factor)
+    )
 
 
 def halo_of_path(steps: list[int | str]) -> int:

@@ -29,8 +29,15 @@ from diffiqt.nets.blocks import (
     start_at_zero,
     TransformerBlock,
 )
-from diffiqt.nets.crossbatch import (BLOCK_GRID, block_to_patches, fold_last_axis, halo_of_path, pad_to_multiple,
-                                     patches_to_block, unfold_last_axis)
+from diffiqt.nets.crossbatch import (
+    BLOCK_GRID,
+    block_to_patches,
+    fold_last_axis,
+    halo_of_path,
+    pad_to_multiple,
+    patches_to_block,
+    unfold_last_axis,
+)
 
 
 class EncoderLevel(nn.Module):

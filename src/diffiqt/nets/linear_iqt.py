@@ -54,8 +54,10 @@ class LinearIQT(DirectNet):
     def __init__(self, factor: int = 8, radius: int = 2, before: int = 1, after: int = 2):
         super().__init__()
         if factor < 1 or radius < 0 or before < 0 or after < 0:
-            raise ValueError(f"LinearIQT needs factor >= 1 and radius, before, after >= 0 "
-                             f"(got {factor}, {radius}, {before}, {after})")
+            raise ValueError(
+                f"LinearIQT needs factor >= 1 and radius, before, after >= 0 "
+                f"(got {factor}, {radius}, {before}, {after})"
+            )
         self.factor, self.radius, self.before, self.after = int(factor), int(radius), int(before), int(after)
         self.slice_fold = self.factor
         side = 2 * self.radius + 1
@@ -105,8 +107,16 @@ class LinearIQT(DirectNet):
             self.bias.copy_(torch.from_numpy(theta[n]))
 
     @classmethod
-    def fit(cls, pairs: Iterable, factor: int, radius: int = 2, before: int = 1, after: int = 2,
-            max_voxels: int | None = None, seed: int | list[int] = 0) -> LinearIQT:
+    def fit(
+        cls,
+        pairs: Iterable,
+        factor: int,
+        radius: int = 2,
+        before: int = 1,
+        after: int = 2,
+        max_voxels: int | None = None,
+        seed: int | list[int] = 0,
+    ) -> LinearIQT:
         """Least-squares fit on ``pairs``: objects with ``cond``, ``target`` and ``mask`` arrays [X, Y, Z] (slice
         axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.data.Pair` turned so), or
         (cond, target, mask) tuples. See :class:`NormalEquations`."""
@@ -114,7 +124,7 @@ class LinearIQT(DirectNet):
         equations = NormalEquations(net.factor, net.window, net.before)
         rng = np.random.default_rng(seed)
         for pair in pairs:
-            cond, target, mask = (pair if isinstance(pair, tuple) else (pair.cond, pair.target, pair.mask))
+            cond, target, mask = pair if isinstance(pair, tuple) else (pair.cond, pair.target, pair.mask)
             equations.add(cond, target, mask, max_voxels, rng)
         net.set_solution(equations.solve())
         net.fit_info = {"voxels": equations.rows, "pairs": equations.pairs}
@@ -154,26 +164,36 @@ class NormalEquations:
         self.rows = 0
         self.pairs = 0
 
-    def add(self, cond: np.ndarray, target: np.ndarray, mask: np.ndarray, max_voxels: int | None = None,
-            rng: np.random.Generator | None = None) -> None:
+    def add(
+        self,
+        cond: np.ndarray,
+        target: np.ndarray,
+        mask: np.ndarray,
+        max_voxels: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         """Add one pair (arrays [X, Y, Z], slice axis last); at most ``max_voxels`` random rows of it if given."""
         f = self.factor
         if not (np.shape(cond) == np.shape(target) == np.shape(mask)) or np.ndim(cond) != 3:
-            raise ValueError(f"cond, target and mask must be 3D of one shape (got {np.shape(cond)}, "
-                             f"{np.shape(target)}, {np.shape(mask)})")
+            raise ValueError(
+                f"cond, target and mask must be 3D of one shape (got {np.shape(cond)}, "
+                f"{np.shape(target)}, {np.shape(mask)})"
+            )
         pad = [(0, 0), (0, 0), (0, -np.shape(cond)[2] % f)]
         windows = phase0_windows(cond, f, self.window, self.before)
         x, y, k = windows.shape[:3]
         folded_target = np.pad(np.asarray(target, dtype=np.float64), pad).reshape(x, y, k, f)
-        inside = np.asarray(np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1))  # an array, for typing
-        inside[:, :, np.shape(cond)[2] // f:] = False  # a group cut by the volume's end has no full target
+        inside = np.asarray(
+            np.pad(np.asarray(mask, bool), pad).reshape(x, y, k, f).any(axis=-1)
+        )  # an array, for typing
+        inside[:, :, np.shape(cond)[2] // f :] = False  # a group cut by the volume's end has no full target
         rows = np.flatnonzero(inside)
         if max_voxels is not None and rows.size > max_voxels:
             rng = rng if rng is not None else np.random.default_rng(0)
             rows = np.sort(rng.choice(rows, max_voxels, replace=False))
         target_rows = folded_target.reshape(-1, f)
         for start in range(0, rows.size, ROWS_PER_CHUNK):  # gathering from the view copies only the chunk
-            chunk = rows[start:start + ROWS_PER_CHUNK]
+            chunk = rows[start : start + ROWS_PER_CHUNK]
             design = np.empty((chunk.size, self.xtx.shape[0]))
             design[:, :-1] = windows[np.unravel_index(chunk, (x, y, k))].reshape(chunk.size, -1)
             design[:, -1] = 1.0
