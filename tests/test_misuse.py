@@ -606,14 +606,13 @@ def test_val_sources_inside_a_training_folder_are_refused(tmp_path):
 
     (tmp_path / "brains").mkdir()
     (tmp_path / "brains" / "a.nii.gz").write_bytes(b"")
-    cfg = configs.resolve(
-        assignments=(
-            f'data.sources=["{tmp_path / "brains"}"]',
-            f'data.val_sources=["{tmp_path / "brains" / "a.nii.gz"}"]',
+    with pytest.raises(ConfigError, match="overlaps the training source"):  # resolve() validates
+        configs.resolve(
+            assignments=(
+                f'data.sources=["{tmp_path / "brains"}"]',
+                f'data.val_sources=["{tmp_path / "brains" / "a.nii.gz"}"]',
+            )
         )
-    )
-    with pytest.raises(ConfigError, match="overlaps the training source"):
-        configs.validate(cfg)
 
 
 def test_train_refuses_an_out_that_is_a_file_or_cannot_be_made(capsys, tmp_path):
