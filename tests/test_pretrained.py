@@ -22,9 +22,11 @@ def test_exactly_one_default_model_is_shipped_and_its_card_matches_its_weights()
 
 @pytest.mark.slow  # a long end-to-end run: make test-all
 def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
-    """Loading and the whole enhancement path on a crop of real anatomy, 20 steps: a finite volume in the
-    input's world space that follows the anatomy. Quality against interpolation is the model card's
-    business (scripts/model_card.py), not this test's: the CPU reference model does not yet beat it."""
+    """Loading and the whole enhancement path on a crop of real anatomy: at the model's own setting a finite
+    volume in the input's world space that follows the anatomy, and a sampled run (3 steps, 2 samples)
+    with an uncertainty map. Quality against interpolation is the model card's business
+    (scripts/model_card.py), not this test's; its multi-step samples are known to be noisier than its
+    one-step mean (docs/model-card.md), so they are held to being finite and spread, not to the anatomy."""
     from diffiqt.enhance import EnhanceOptions, enhance, load_model
     from diffiqt.resample import shared_extent
     from diffiqt.simulate import LowFieldParams, simulate_low_field
@@ -33,12 +35,14 @@ def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
     assert model.warning  # its card's caveat reaches the user
     params = LowFieldParams.for_factor(8, 1.0, axis=2)
     lf = simulate_low_field(mni_crop.t1, mni_crop.tissues, params, np.random.default_rng(3), upsample=False).lf
-    result = enhance(lf, model, EnhanceOptions(steps=20, seed=1))
+    result = enhance(lf, model, EnhanceOptions(seed=1))
     assert np.isfinite(result.mean.data).all()
     np.testing.assert_allclose(result.mean.affine[:3, 3], mni_crop.t1.affine[:3, 3], atol=1e-4)  # same world space
     common = shared_extent(result.mean.shape, mni_crop.t1.shape)
     mask = mni_crop.mask[common]
     assert np.corrcoef(result.mean.data[common][mask], mni_crop.t1.data[common][mask])[0, 1] > 0.8
+    sampled = enhance(lf, model, EnhanceOptions(steps=3, samples=2, seed=1))
+    assert sampled.std is not None and np.isfinite(sampled.std.data).all() and sampled.std.data.max() > 0
 
 
 def test_a_changed_weights_file_is_refused(tmp_path):
