@@ -252,7 +252,7 @@ REFINE_START = 0.3  # measured, not tuned: the shipped model falls below its mea
 def sample_refine(
     denoiser: Callable,
     cond: Tensor,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
     noise: Tensor | None = None,
