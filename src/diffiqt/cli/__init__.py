@@ -16,7 +16,7 @@ from diffiqt.cli.app import app
 
 # Command modules register themselves on `app` when imported.
 from diffiqt.cli import bench as _bench  # noqa: F401
-from diffiqt.cli import compare as _compare  # noqa: F401
+from diffiqt.cli import bench_speed as _bench_speed  # noqa: F401
 from diffiqt.cli import models as _models  # noqa: F401
 from diffiqt.cli import demo as _demo  # noqa: F401
 from diffiqt.cli import enhance as _enhance  # noqa: F401
