@@ -52,7 +52,8 @@ def simulate_pairs(
     )
 
 
-@app.command("split-checkpoint")
+# An optional helper for machines that hand back only a few small files; hidden from the command list.
+@app.command("split-checkpoint", hidden=True)
 def split_checkpoint(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a run folder (its newest checkpoint)."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for the shards and checkpoint.json."),
@@ -71,7 +72,7 @@ def split_checkpoint(
         typer.echo(str(path))
 
 
-@app.command("join-checkpoint")
+@app.command("join-checkpoint", hidden=True)  # split-checkpoint's counterpart
 def join_checkpoint(
     folder: Path = typer.Argument(..., help="The folder split-checkpoint wrote (shards and checkpoint.json)."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder to create the checkpoint in."),
