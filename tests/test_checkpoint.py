@@ -8,7 +8,7 @@ import torch
 import tiny_net
 from diffiqt import checkpoint as ck
 from diffiqt.config import TrainConfig
-from diffiqt.errors import ConfigError, InputError
+from diffiqt.errors import ConfigError, InputError, OutputError
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,21 @@ def test_a_failed_write_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ck.save_checkpoint(tmp_path, 3, {"network": net.config, "train": {}}, net, ema, opt)
     assert list((tmp_path / ck.CHECKPOINT_DIR).iterdir()) == []
+
+
+def test_a_full_disk_is_a_one_line_output_error_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    net, ema, opt = _trained_state()
+    earlier = ck.save_checkpoint(tmp_path, 2, {"network": net.config, "train": {}}, net, ema, opt)
+
+    def full(tensors, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        ck.save_checkpoint(tmp_path, 3, {"network": net.config, "train": {}}, net, ema, opt)
+    assert list((tmp_path / ck.CHECKPOINT_DIR).iterdir()) == [earlier]
 
 
 def test_corrupt_weights_are_a_one_line_input_error(tmp_path):

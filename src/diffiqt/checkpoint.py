@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffiqt.config import TrainConfig, from_dict
-from diffiqt.errors import ConfigError, DiffiqtError, InputError
+from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
 
 if TYPE_CHECKING:  # diffiqt.nets is imported when a network is built, not with this module
     from diffiqt.nets.base import Network
@@ -177,6 +177,9 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+    except OSError as exc:  # a full disk or a lost mount: the earlier checkpoints stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{final}: checkpoint not written ({exc.strerror or exc}); earlier ones are kept") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
