@@ -88,7 +88,7 @@ class Denoiser(nn.Module):
     the noisy image) and log-SNR [B], and returns the clean image [B, 1, D, H, W].
     Extra keyword arguments (e.g. ``layout="patches"``) go to the network.
 
-    With ``residual_sigma`` (the standard deviation of x - cond, about 0.2 in
+    With ``residual_sigma`` (the standard deviation of x - cond, about 0.1 at x8 in
     normalised units) the network's output F is a correction instead:
     x_hat = cond + c_skip (x_t / alpha_t - cond) + c_out F (:func:`residual_preconditioning`).
     At t = 1 this is cond + r F (interpolation when F = 0), at t = 0 the noisy image.
