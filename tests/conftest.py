@@ -44,3 +44,20 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "diffiqt", *map(str, args)], capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """``diffiqt ARGS`` through the real entry point in this process (faster than :func:`run_cli`): its exit
+    status and the output ``capsys`` captured."""
+    from diffiqt.cli import main
+
+    argv, sys.argv = sys.argv, ["diffiqt", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)

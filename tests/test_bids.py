@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli_in_process as cli
 
 from diffiqt import bids
 
@@ -77,22 +76,6 @@ def make_dataset(root: Path, volume, scans=SCANS, description: dict | None = Non
         save_volume(volume, root / scan)
         (root / scan.replace(".nii.gz", ".json")).write_text(json.dumps({"MagneticFieldStrength": 0.064}))
     return root
-
-
-def cli(capsys, *args) -> subprocess.CompletedProcess:
-    """``diffiqt ARGS`` through the real entry point; its exit status and captured output."""
-    from diffiqt.cli import main
-
-    argv, sys.argv = sys.argv, ["diffiqt", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def files(root: Path) -> list[str]:

@@ -15,14 +15,13 @@ import gzip
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli_in_process as _cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,22 +90,6 @@ def _shifted(source: Path, target: Path, mm: float) -> Path:
 
 
 # ----------------------------------------------------------------------------- running and checking
-
-
-def _cli(capsys, *args) -> subprocess.CompletedProcess:
-    """``diffiqt ARGS`` through the real entry point; its exit status and captured output."""
-    from diffiqt.cli import main
-
-    argv, sys.argv = sys.argv, ["diffiqt", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def _tree(*roots: Path) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from rich.progress import Progress, TaskID
 
 from diffiqt import bids
-from diffiqt.cli.common import console, progress
+from diffiqt.cli.common import console, print_enhance_notes, progress
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
 
 if TYPE_CHECKING:  # torch is imported by the commands only when they work, so that --help stays fast
@@ -199,20 +199,13 @@ def enhance_dataset(
     if not work.jobs:
         return all_done(work, "enhancement")
     model = load_model(ref.name if ref.name is not None else ref.path)
-    options = replace(options, steps=options.steps if options.steps is not None else model.steps)
+    options = replace(options, steps=options.steps_for(model))
     run(
         work,
         "enhancement",
         lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(work.jobs)})", model, ref, options, bar),
     )
-    # The notes plain enhance prints, and for the same reason after the work: an error is then the one line printed.
-    if model.warning:
-        console.print(f"[yellow]note:[/yellow] {model.warning}")
-    if options.samples > 1 and options.steps == 1:
-        console.print(
-            "[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
-            "from, so their spread is no uncertainty map; use --steps 20 for one"
-        )
+    print_enhance_notes(model, options)
 
 
 def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: EnhanceOptions, bar: Progress) -> None:
@@ -238,30 +231,23 @@ def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: En
         "resolved_model": asdict(ref),
         "lowfield_geometry": bids.lowfield_geometry(lf, slice_axis(lf)),
     }
+    images = [
+        (
+            bids.DESC_ENHANCED,
+            result.mean,
+            f"DiffusionIQT enhancement: the mean of {options.samples} sample(s), on the model's isotropic grid",
+        ),
+        (
+            bids.DESC_SD,
+            result.std,
+            f"per-voxel standard deviation of the {options.samples} samples whose mean is desc-enhanced (uncertainty)",
+        ),
+    ]
     with OutputGroup() as written:
-        written.add(save_volume(result.mean, job.image(bids.DESC_ENHANCED), inputs=[job.scan.path]))
-        written.add(
-            save_json(
-                {
-                    "Description": f"DiffusionIQT enhancement: the mean of {options.samples} sample(s), "
-                    "on the model's isotropic grid",
-                    **common,
-                },
-                job.sidecar(bids.DESC_ENHANCED),
-            )
-        )
-        if result.std is not None:
-            written.add(save_volume(result.std, job.image(bids.DESC_SD), inputs=[job.scan.path]))
-            written.add(
-                save_json(
-                    {
-                        "Description": f"per-voxel standard deviation of the {options.samples} samples "
-                        "whose mean is desc-enhanced (uncertainty)",
-                        **common,
-                    },
-                    job.sidecar(bids.DESC_SD),
-                )
-            )
+        for desc, volume, description in images:
+            if volume is not None:  # no desc-sd from a single sample
+                written.add(save_volume(volume, job.image(desc), inputs=[job.scan.path]))
+                written.add(save_json({"Description": description, **common}, job.sidecar(desc)))
 
 
 def simulate_dataset(

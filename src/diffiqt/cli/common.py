@@ -5,10 +5,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from diffiqt.enhance import EnhanceOptions, Model
 
 console = Console(stderr=True)
 
@@ -34,6 +38,18 @@ def progress() -> Iterator[Progress]:
         except BaseException:
             bar.live.transient = True  # read when the bar stops: erased on a terminal, never printed elsewhere
             raise
+
+
+def print_enhance_notes(model: Model, options: EnhanceOptions) -> None:
+    """The notes an enhancement run ends with: the model card's caveat, and that samples of one step are no
+    uncertainty map. Printed after the work, so that an error is the one line printed, not a paragraph's end."""
+    if model.warning:
+        console.print(f"[yellow]note:[/yellow] {model.warning}")
+    if options.samples > 1 and options.steps_for(model) == 1:
+        console.print(
+            "[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
+            "from, so their spread is no uncertainty map; use --steps 20 for one"
+        )
 
 
 def check_seed(seed: int) -> None:

@@ -80,7 +80,7 @@ def enhance(
     """
     from diffiqt import distributed
     from diffiqt.cli.bids import bids_mode, enhance_dataset
-    from diffiqt.cli.common import check_seed, console, progress
+    from diffiqt.cli.common import check_seed, print_enhance_notes, progress
     from diffiqt.datasets import list_user_folder
     from diffiqt.diffusion import SAMPLERS
     from diffiqt.enhance import EnhanceOptions, load_model
@@ -147,14 +147,7 @@ def enhance(
                 enhance_file(scan, lf if lf is not None else load_volume(scan), target, loaded, ref, options, png, bar)
     finally:
         distributed.close()
-    # The notes come after the work: an error is then the one line printed, not the end of a paragraph.
-    if loaded.warning:
-        console.print(f"[yellow]note:[/yellow] {loaded.warning}")
-    if options.samples > 1 and options.steps == 1:
-        console.print(
-            "[yellow]note:[/yellow] with 1 step the samples differ only by the pure noise the network starts "
-            "from, so their spread is no uncertainty map; use --steps 20 for one"
-        )
+    print_enhance_notes(loaded, options)
 
 
 def outputs_of(target: Path, samples: int, png: bool) -> list[Path]:
