@@ -19,12 +19,13 @@ import argparse
 import numpy as np
 import torch
 
+from diffiqt.anatomy.brains import crop_sample
+from diffiqt.anatomy.brains import load_bundled
 from diffiqt.config import DataConfig
-from diffiqt.data import crop_sample, simulate_pair
-from diffiqt.datasets import load_bundled
 from diffiqt.diffusion import SAMPLERS, add_noise
-from diffiqt.enhance import load_model
-from diffiqt.heldout import central_box
+from diffiqt.evaluation.heldout import central_box
+from diffiqt.models.loading import load_model
+from diffiqt.training.pairs import simulate_pair
 
 NOISE_LEVELS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
 

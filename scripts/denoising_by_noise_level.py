@@ -16,12 +16,12 @@ import argparse
 import numpy as np
 import torch
 
-from diffiqt.data import lf_scale, normalise
-from diffiqt.datasets import mni152
+from diffiqt.anatomy.brains import mni152
 from diffiqt.diffusion import add_noise, alpha_sigma, residual_preconditioning
-from diffiqt.enhance import load_model
-from diffiqt.resample import to_isotropic
-from diffiqt.simulate import LowFieldParams, simulate_low_field
+from diffiqt.imaging.resample import to_isotropic
+from diffiqt.models.loading import load_model
+from diffiqt.preprocess import lf_scale, normalise
+from diffiqt.simulation import LowFieldParams, simulate_low_field
 
 BLOCK = (slice(50, 130), slice(70, 150), slice(8, 136))  # inside the head, aligned to the thick slices
 TIMES = (1.0, 0.6, 0.3, 0.1, 0.03)

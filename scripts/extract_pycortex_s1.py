@@ -12,7 +12,7 @@ them, so that ``diffiqt train --set 'data.sources=["mni152","runs/brains"]'`` fi
 S1 comes without a brain mask or tissue maps, but with FreeSurfer's pial surfaces (in scanner
 coordinates). The cerebrum is the inside of the two pial surfaces (ray-crossing parity along one
 voxel axis), dilated by 2 mm to take in the CSF around it; the maps are the 3-class mixture of
-:mod:`diffiqt.tissues` inside it and zero elsewhere, as for Colin27's whole head, so the simulator
+:mod:`diffiqt.anatomy.tissues` inside it and zero elsewhere, as for Colin27's whole head, so the simulator
 leaves scalp, skull, cerebellum and brainstem at their own intensity. A mixture over the whole
 head instead puts scalp fat in "WM" and muscle in "GM" (WM/GM 1.95 against 1.30–1.34 for
 Colin27 and MNI152) and teaches the network a contrast change that no brain has.
@@ -28,9 +28,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.datasets import FAST_PVE_INDEX
-from diffiqt.io import load_volume, save_volume
-from diffiqt.tissues import gmm_tissue_maps
+from diffiqt.anatomy.brains import FAST_PVE_INDEX
+from diffiqt.anatomy.tissues import gmm_tissue_maps
+from diffiqt.imaging.io import load_volume, save_volume
 
 ROOT = "pycortex-1.4.0/filestore/db/S1/"
 MEMBERS = [ROOT + "anatomicals/raw.nii.gz", ROOT + "surfaces/pia_lh.gii", ROOT + "surfaces/pia_rh.gii"]

@@ -1,10 +1,10 @@
 """Multi-scan fusion measured: three orthogonal x8 scans of one brain, fused, against single scans.
 
-For brain NAME, :func:`diffiqt.heldout.multi_scan_case` simulates an axial, a coronal and a sagittal x8
+For brain NAME, :func:`diffiqt.evaluation.heldout.multi_scan_case` simulates an axial, a coronal and a sagittal x8
 scan (seeds SEED, SEED+1, SEED+2): ``--block still``, or ``--block moved`` with the coronal scan taken
 after a head movement of ``--motion DEG MM``. Each scan is enhanced by the model once (cached in
 ``--cache``). Rows: single scans (enhanced and cubic), the mean of the three cubic interpolations,
-and the fusions of :mod:`diffiqt.fusion` (:data:`VARIANTS`). Score: fit-protocol PSNR inside the brain,
+and the fusions of :mod:`diffiqt.inference.fusion` (:data:`VARIANTS`). Score: fit-protocol PSNR inside the brain,
 on the first (axial) scan's grid, which shares voxel 0 with the truth.
 
     python scripts/fusion_bench.py mni152 --block still --cache runs/fusion-cache --out runs/fusion-mni152-still.json
@@ -19,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from diffiqt.enhance import EnhanceOptions, load_model, enhance
-from diffiqt.fusion import FusionOptions, ScanEstimate, fuse
-from diffiqt.heldout import MultiScanCase, multi_scan_case
-from diffiqt.io import Volume
-from diffiqt.metrics import affine_fit, on_target_range, psnr
-from diffiqt.resample import isotropic_grid, onto_shape, to_isotropic
+from diffiqt.evaluation.heldout import MultiScanCase, multi_scan_case
+from diffiqt.evaluation.metrics import on_target_range, psnr
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import isotropic_grid, onto_shape, to_isotropic
+from diffiqt.inference.enhance import EnhanceOptions, enhance
+from diffiqt.inference.fusion import FusionOptions, ScanEstimate, fuse
+from diffiqt.models.loading import load_model
+from diffiqt.preprocess import affine_fit
 
 AXIS_NAMES = {2: "axial", 1: "coronal", 0: "sagittal"}
 
 
 def scores(prediction: np.ndarray, case: MultiScanCase) -> dict[str, float]:
-    """Fit-protocol PSNR inside the brain (:func:`diffiqt.metrics.fit_protocol` without its SSIM, which
+    """Fit-protocol PSNR inside the brain (:func:`diffiqt.evaluation.metrics.fit_protocol` without its SSIM, which
     costs minutes on a busy machine); the prediction shares voxel 0 with the truth's grid."""
     truth, brain = case.case.hf.data, case.case.brain
     pred = onto_shape(prediction, truth.shape).astype(np.float64)

@@ -46,7 +46,7 @@ if [[ $device == cuda* ]]; then
 fi
 "$PYTHON" -c "import diffiqt" 2>/dev/null || export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 # A missing module fails here, in seconds, rather than after the run.
-"$PYTHON" -c "import torch, numpy, scipy, safetensors, typer, rich, diffiqt.cli, diffiqt.train, diffiqt.transfer"
+"$PYTHON" -c "import torch, numpy, scipy, safetensors, typer, rich, diffiqt.cli, diffiqt.training.loop, diffiqt.transfer"
 run_dir=${run_dir:-$(mktemp -d)/run}
 mkdir -p "$out_dir"
 

@@ -1,9 +1,9 @@
 """The bench's classical peers on the model card's cases: Colin27 (skull-stripped) x8 along each axis.
 
-Each case is :func:`diffiqt.heldout.held_out_case` with seed 0, as scripts/model_card.py makes it; every
-peer of :mod:`diffiqt.bench.peers` and the cubic baseline (:func:`diffiqt.resample.to_isotropic`)
+Each case is :func:`diffiqt.evaluation.heldout.held_out_case` with seed 0, as scripts/model_card.py makes it; every
+peer of :mod:`diffiqt.bench.peers` and the cubic baseline (:func:`diffiqt.imaging.resample.to_isotropic`)
 interpolates the same scan onto the 1 mm model grid, timed, and is scored inside the brain under the
-strict and fit protocols (:mod:`diffiqt.metrics`).
+strict and fit protocols (:mod:`diffiqt.evaluation.metrics`).
 
     python scripts/peers_bench.py --out runs/peers.json   (or one process per axis: --axes 2 --out ...)
 """
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from diffiqt.bench.peers import interpolate
-from diffiqt.heldout import held_out_case
-from diffiqt.metrics import fit_protocol, on_target_range, psnr
-from diffiqt.resample import shared_extent, to_isotropic
+from diffiqt.evaluation.heldout import held_out_case
+from diffiqt.evaluation.metrics import fit_protocol, on_target_range, psnr
+from diffiqt.imaging.resample import shared_extent, to_isotropic
 
 AXES = {2: "axial", 0: "sagittal", 1: "coronal"}
 METHODS = {

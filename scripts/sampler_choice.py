@@ -16,8 +16,9 @@ import argparse
 
 import torch
 
-from diffiqt.enhance import EnhanceOptions, load_model
-from diffiqt.heldout import held_out_case, run_held_out
+from diffiqt.evaluation.heldout import held_out_case, run_held_out
+from diffiqt.inference.enhance import EnhanceOptions
+from diffiqt.models.loading import load_model
 
 SETTINGS = [(1, 1), (20, 1)]  # (sampling steps, samples averaged)
 

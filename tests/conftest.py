@@ -23,7 +23,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def mni():
     """The bundled MNI ICBM152 2009a T1w brain with GM/WM/CSF maps (real anatomy, 1 mm)."""
-    from diffiqt.datasets import mni152
+    from diffiqt.anatomy.brains import mni152
 
     return mni152()
 
@@ -31,7 +31,7 @@ def mni():
 @pytest.fixture(scope="session")
 def mni_crop(mni):
     """A central 96x112x104 crop of the MNI brain and its tissue maps: real anatomy, fast tests."""
-    from diffiqt.datasets import BrainSample, TissueMaps
+    from diffiqt.anatomy.brains import BrainSample, TissueMaps
 
     lower, upper = (50, 60, 40), (146, 172, 144)
     maps = {k: v.crop(lower, upper) for k, v in mni.tissues.as_dict().items()}

@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_net  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from diffiqt import distributed  # noqa: E402
-from diffiqt.checkpoint import state_tensors  # noqa: E402
 from diffiqt.config import resolve  # noqa: E402
-from diffiqt.train import Trainer  # noqa: E402
+from diffiqt.models.checkpoint import state_tensors  # noqa: E402
+from diffiqt.training import distributed  # noqa: E402
+from diffiqt.training.loop import Trainer  # noqa: E402
 
 
 def main(out: Path) -> None:

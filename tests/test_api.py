@@ -23,7 +23,7 @@ def test_every_public_name_resolves():
     assert set(diffiqt.__all__) == {*diffiqt._EXPORTS, "__version__"} and set(diffiqt.__all__) <= set(dir(diffiqt))
     for name in diffiqt.__all__:
         assert getattr(diffiqt, name) is not None
-    from diffiqt.enhance import enhance
+    from diffiqt.inference.enhance import enhance
 
     assert diffiqt.enhance_scan is enhance
 

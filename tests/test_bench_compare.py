@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import run_cli
-from diffiqt import metrics
+from diffiqt.anatomy.brains import colin27_available
 from diffiqt.bench import compare, report
 from diffiqt.cli import app
-from diffiqt.datasets import colin27_available
 from diffiqt.errors import ConfigError, InputError, OutputError
+from diffiqt.evaluation import metrics
 from diffiqt.nets import build_network
 
 needs_colin27 = pytest.mark.skipif(not colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
@@ -45,8 +45,8 @@ def with_sources(cfg, sources: list[str], val_sources: list[str]):
 @needs_colin27
 def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_method(tmp_path):
     """Every method's config keeps the test brains out, and training refuses them however they are named."""
-    from diffiqt.data import checked_sources
-    from diffiqt.datasets import held_out_identity
+    from diffiqt.anatomy.brains import held_out_identity
+    from diffiqt.training.pairs import checked_sources
 
     split = compare.bench_split()
     assert split.train == ("mni152",) and set(split.test) == {"colin27", "colin27-brain"}
@@ -109,8 +109,8 @@ def test_unknown_budget_or_method_is_a_config_error():
 def test_the_peers_give_the_model_grid_and_a_bspline_beats_nearest_neighbour_on_a_smooth_volume():
     pytest.importorskip("SimpleITK")
     from diffiqt.bench.peers import interpolate
-    from diffiqt.io import Volume
-    from diffiqt.resample import shared_extent, to_isotropic
+    from diffiqt.imaging.io import Volume
+    from diffiqt.imaging.resample import shared_extent, to_isotropic
 
     # A smooth truth on a 1 mm grid, and its every 6th axial slice as a thick-slice scan.
     i, j, k = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in (40, 36, 60)), indexing="ij")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import run_cli_in_process as cli
 
-from diffiqt import bids
+from diffiqt.imaging import bids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,10 +38,10 @@ def volumes(tmp_path_factory, mni) -> dict:
     import tiny_net
 
     from diffiqt import nets
-    from diffiqt.checkpoint import save_checkpoint
+    from diffiqt.anatomy.brains import TissueMaps
     from diffiqt.config import TrainConfig
-    from diffiqt.datasets import TissueMaps
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.models.checkpoint import save_checkpoint
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     lower, upper = (70, 90, 60), (110, 138, 124)
     hf = mni.t1.crop(lower, upper)
@@ -67,7 +67,7 @@ def tiny_networks(monkeypatch):
 
 def make_dataset(root: Path, volume, scans=SCANS, description: dict | None = None) -> Path:
     """A BIDS dataset at ``root`` whose T1w scans (paths in it) all hold ``volume``, with the usual extras."""
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
 
     root.mkdir(parents=True)
     (root / bids.DESCRIPTION).write_text(json.dumps(description or {"Name": "example", "BIDSVersion": "1.10.0"}))
@@ -102,7 +102,7 @@ def enhanced_names(scan: str, samples: int = 2) -> list[str]:
 
 
 def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys, tmp_path, volumes):
-    from diffiqt.io import load_volume
+    from diffiqt.imaging.io import load_volume
 
     raw = make_dataset(tmp_path / "raw", volumes["lf"])
     out = raw / "derivatives" / "diffiqt"
@@ -164,7 +164,7 @@ def test_enhance_writes_bids_derivatives_and_a_second_run_writes_nothing(capsys,
 
 
 def test_simulate_makes_a_lowfield_derivative_that_enhance_takes(capsys, tmp_path, volumes):
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
 
     raw = make_dataset(tmp_path / "raw", volumes["hf"], SCANS[:2])
     for scan in SCANS[:2]:  # FAST maps beside the scans, as folder mode reads them
@@ -291,7 +291,7 @@ def test_an_existing_non_derivative_or_foreign_derivative_output_is_refused(caps
 
 
 def test_labels_need_a_bids_dataset_and_sub_folders_need_a_description(capsys, tmp_path, volumes):
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
 
     save_volume(volumes["lf"], tmp_path / "scans" / "a.nii.gz")
     refused(
@@ -343,7 +343,7 @@ def test_a_bad_scan_is_reported_and_the_others_are_processed(capsys, tmp_path, v
     assert [line.split(":")[0] for line in lines[:2]] == [f"skipped {SCANS[0]}", f"skipped {SCANS[2]}"], result.stderr
     assert "nothing to do: the outputs of 2 of the 4" in result.stderr and "2 of 4 T1w scans were not" in lines[-1]
 
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
 
     save_volume(volumes["lf"], raw / SCANS[1])  # repaired: the re-run enhances it alone
     result = cli(capsys, "enhance", raw, "-o", out, "--model", volumes["checkpoint"], "--participant-label", "02")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import tiny_net
-from diffiqt import checkpoint as ck
 from diffiqt.config import TrainConfig
 from diffiqt.errors import ConfigError, InputError, OutputError
+from diffiqt.models import checkpoint as ck
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,8 @@ def test_the_sampler_choices_are_the_samplers_and_the_defaults_are_shared():
     assert set(SAMPLERS) == set(configs.SamplerName.__args__)
     assert configs.DiffusionConfig().sampler == configs.DEFAULT_SAMPLER
     assert configs.DiffusionConfig().sample_steps == configs.DEFAULT_STEPS
-    from diffiqt.enhance import EnhanceOptions, Model
+    from diffiqt.inference.enhance import EnhanceOptions
+    from diffiqt.models.loading import Model
 
     assert Model.sampler == configs.DEFAULT_SAMPLER and Model.steps == configs.DEFAULT_STEPS
     assert EnhanceOptions().sampler is None and EnhanceOptions().steps is None  # the model's own

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from diffiqt import datasets
+from diffiqt.anatomy import brains
 from diffiqt.errors import InputError
 
 
@@ -21,9 +21,9 @@ def test_mni152_has_consistent_tissue_maps(mni):
     assert mni.t1.data[wm].mean() > mni.t1.data[gm].mean()  # T1w contrast
 
 
-@pytest.mark.skipif(not datasets.colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
+@pytest.mark.skipif(not brains.colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
 def test_colin27_is_a_whole_head():
-    head = datasets.colin27()
+    head = brains.colin27()
     assert not head.skull_stripped and head.t1.shape == (181, 217, 181)
     brain = head.tissues.gm.data + head.tissues.wm.data + head.tissues.csf.data > 0.5
     scalp = head.mask & ~brain
@@ -34,11 +34,11 @@ def test_colin27_is_a_whole_head():
 def test_user_folder_reads_fast_maps_and_skips_them_as_volumes(tmp_path, mni_crop):
     t1 = mni_crop.t1
     nib.save(nib.Nifti1Image(t1.data, t1.affine), tmp_path / "sub-01_T1w.nii.gz")
-    for name, index in datasets.FAST_PVE_INDEX.items():
+    for name, index in brains.FAST_PVE_INDEX.items():
         tissue = getattr(mni_crop.tissues, name)
         nib.save(nib.Nifti1Image(tissue.data, t1.affine), tmp_path / f"sub-01_T1w_pve_{index}.nii.gz")
-    assert [p.name for p in datasets.list_user_folder(tmp_path)] == ["sub-01_T1w.nii.gz"]
-    sample = datasets.load_user_volume(tmp_path / "sub-01_T1w.nii.gz")
+    assert [p.name for p in brains.list_user_folder(tmp_path)] == ["sub-01_T1w.nii.gz"]
+    sample = brains.load_user_volume(tmp_path / "sub-01_T1w.nii.gz")
     np.testing.assert_allclose(sample.tissues.wm.data, mni_crop.tissues.wm.data)
 
 
@@ -48,14 +48,14 @@ def test_tissue_map_on_another_grid_is_refused(tmp_path, mni_crop):
     for index in range(3):
         nib.save(nib.Nifti1Image(t1.data[:-1], t1.affine), tmp_path / f"s_pve_{index}.nii.gz")
     with pytest.raises(InputError, match="not on the grid"):
-        datasets.load_user_volume(tmp_path / "s.nii.gz")
+        brains.load_user_volume(tmp_path / "s.nii.gz")
 
 
 def test_empty_folder_and_unknown_bundle_are_refused(tmp_path):
     with pytest.raises(InputError, match="no NIfTI"):
-        datasets.list_user_folder(tmp_path)
+        brains.list_user_folder(tmp_path)
     with pytest.raises(InputError, match="unknown bundled brain"):
-        datasets.load_bundled("nobody")
+        brains.load_bundled("nobody")
 
 
 def test_simulate_folder_mode_writes_one_lf_per_volume(tmp_path, mni_crop):

@@ -9,12 +9,13 @@ from scipy.stats import spearmanr
 
 import tiny_net
 from diffiqt import config as configs
-from diffiqt import data
-from diffiqt.enhance import EnhanceOptions, load_model, enhance
-from diffiqt.io import save_volume
-from diffiqt.metrics import psnr
-from diffiqt.simulate import LowFieldParams, simulate_low_field
-from diffiqt.train import train
+from diffiqt.evaluation.metrics import psnr
+from diffiqt.imaging.io import save_volume
+from diffiqt.inference.enhance import EnhanceOptions, enhance
+from diffiqt.models.loading import load_model
+from diffiqt.simulation import LowFieldParams, simulate_low_field
+from diffiqt.training import pairs
+from diffiqt.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def trained(tmp_path_factory):
     )
     run = tmp_path_factory.mktemp("e2e") / "run"
     train(cfg, run, progress=False)
-    _, held_out = data.training_and_validation(cfg.data)
+    _, held_out = pairs.training_and_validation(cfg.data)
     yield run, held_out[0]
     patcher.undo()
 

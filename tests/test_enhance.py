@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from diffiqt import nets
-from diffiqt.datasets import TissueMaps
+from diffiqt.anatomy.brains import TissueMaps
 from diffiqt.diffusion import Denoiser
 from diffiqt.errors import ConfigError
-from diffiqt.enhance import ChunkedDenoiser, EnhanceOptions, Model, chunk_size, enhance, extract, head_box, insert
-from diffiqt.simulate import LowFieldParams, simulate_low_field
+from diffiqt.inference.enhance import ChunkedDenoiser, EnhanceOptions, chunk_size, enhance, extract, head_box, insert
+from diffiqt.models.loading import Model
+from diffiqt.simulation import LowFieldParams, simulate_low_field
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,8 @@ def test_the_model_s_own_sampler_is_used_unless_one_is_given(lf_scan, conv_model
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory, conv_model):
     """A real checkpoint folder of the untrained network, as training writes it."""
-    from diffiqt.checkpoint import save_checkpoint
     from diffiqt.config import TrainConfig
+    from diffiqt.models.checkpoint import save_checkpoint
     from diffiqt.nets import network_config
 
     run = tmp_path_factory.mktemp("run")
@@ -109,7 +110,7 @@ def checkpoint_dir(tmp_path_factory, conv_model):
 
 @pytest.fixture(scope="module")
 def lf_file(tmp_path_factory, lf_scan):
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
 
     return save_volume(lf_scan[0], tmp_path_factory.mktemp("scan") / "lf.nii.gz")
 
@@ -170,7 +171,7 @@ def test_enhance_refuses_bad_models_and_inputs(tmp_path, checkpoint_dir, lf_file
 
 def test_exported_model_loads_by_name_with_its_hash_checked(tmp_path, checkpoint_dir, conv_model):
     from diffiqt.errors import InputError
-    from diffiqt.pretrained import export_checkpoint, load_shipped
+    from diffiqt.models.shipped import export_checkpoint, load_shipped
 
     weights, card = export_checkpoint(checkpoint_dir, "tiny", tmp_path, dtype="float16", default=True)
     net, info = load_shipped("default", tmp_path)
@@ -184,7 +185,7 @@ def test_exported_model_loads_by_name_with_its_hash_checked(tmp_path, checkpoint
 
 def test_export_model_command_writes_a_loadable_model_and_keeps_one_default(tmp_path, checkpoint_dir):
     from conftest import run_cli
-    from diffiqt.pretrained import load_shipped
+    from diffiqt.models.shipped import load_shipped
 
     result = run_cli("export-model", checkpoint_dir, "--name", "tiny", "--folder", tmp_path, "--default")
     assert result.returncode == 0, result.stderr
@@ -197,11 +198,11 @@ def test_export_model_command_writes_a_loadable_model_and_keeps_one_default(tmp_
 def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoint_and_shipped_card(
     tmp_path, conv_model
 ):
-    from diffiqt.checkpoint import save_checkpoint
     from diffiqt.config import TrainConfig
-    from diffiqt.enhance import load_model
+    from diffiqt.models.checkpoint import save_checkpoint
+    from diffiqt.models.loading import load_model
+    from diffiqt.models.shipped import export_checkpoint
     from diffiqt.nets import network_config
-    from diffiqt.pretrained import export_checkpoint
 
     cfg = TrainConfig()
     cfg.diffusion.residual_sigma = 0.2
@@ -213,11 +214,11 @@ def test_the_denoisers_preconditioning_travels_from_training_config_to_checkpoin
 
 
 def test_a_models_own_sampling_steps_are_the_default_and_the_card_can_name_others(tmp_path, conv_model):
-    from diffiqt.checkpoint import save_checkpoint
     from diffiqt.config import TrainConfig
-    from diffiqt.enhance import load_model
+    from diffiqt.models.checkpoint import save_checkpoint
+    from diffiqt.models.loading import load_model
+    from diffiqt.models.shipped import export_checkpoint
     from diffiqt.nets import network_config
-    from diffiqt.pretrained import export_checkpoint
 
     cfg = TrainConfig()
     cfg.diffusion.sample_steps = 3

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from diffiqt.errors import InputError
-from diffiqt.fusion import FusionOptions, ScanEstimate, check_scans, fourier_weights, fuse, register_rigid
-from diffiqt.io import Volume
+from diffiqt.imaging.io import Volume
+from diffiqt.inference.fusion import FusionOptions, ScanEstimate, check_scans, fourier_weights, fuse, register_rigid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +33,7 @@ def truth() -> np.ndarray:
 
 def estimate(scan: Volume, truth: np.ndarray, gain: float = 1.0, offset: float = 0.0) -> ScanEstimate:
     """A stand-in for the model's output: the scan cubically upsampled (blurred along its slice axis)."""
-    from diffiqt.resample import to_isotropic
+    from diffiqt.imaging.resample import to_isotropic
 
     up = to_isotropic(scan, 1.0)
     return ScanEstimate(scan, up.with_data(gain * up.data + offset))
@@ -69,7 +69,7 @@ def test_fourier_fusion_of_two_orthogonal_scans_beats_each_and_their_mean_and_un
 
 def test_registration_undoes_a_head_movement_between_scans(truth):
     pytest.importorskip("SimpleITK")
-    from diffiqt.heldout import head_motion
+    from diffiqt.evaluation.heldout import head_motion
 
     reference = Volume(truth, np.eye(4))
     motion = head_motion(3.0, 2.0, centre=np.array([23.5, 23.5, 23.5]))
@@ -93,7 +93,7 @@ def test_scans_that_cannot_be_fused_are_refused_in_one_line():
 
 @pytest.mark.slow  # whole MNI152 simulations, ~15 s: make test-all
 def test_the_multi_scan_case_scans_one_brain_along_each_axis_with_its_own_noise_and_motion():
-    from diffiqt.heldout import multi_scan_case
+    from diffiqt.evaluation.heldout import multi_scan_case
 
     still = multi_scan_case("mni152", axes=(2, 1), seed=5)
     assert [int(np.argmax(s.voxel_size)) for s in still.scans] == [2, 1]
@@ -113,7 +113,7 @@ def test_the_enhance_command_fuses_several_scans_and_refuses_bad_sets(tmp_path):
 
     from conftest import run_cli
     from diffiqt.cli import app
-    from diffiqt.io import load_volume, save_volume
+    from diffiqt.imaging.io import load_volume, save_volume
 
     rng = np.random.default_rng(1)
     head = np.zeros((64, 64, 64), np.float32)
@@ -142,8 +142,8 @@ def checkpoint(folder):
     import torch
 
     from diffiqt import nets
-    from diffiqt.checkpoint import save_checkpoint
     from diffiqt.config import TrainConfig
+    from diffiqt.models.checkpoint import save_checkpoint
 
     run = folder / "run"
     if not run.exists():

@@ -16,12 +16,12 @@ from safetensors.numpy import save_file
 import tiny_net
 from tiny_net import TINY_TRAINING
 from conftest import run_cli
-from diffiqt import checkpoint as ck
 from diffiqt import config as configs
-from diffiqt.data import StoredPairStream, make_pair
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.presimulated import PAIR_STREAM, crop_to_head, read_pairs_file, training_sources, write_pairs_file
-from diffiqt.train import resume_config, train
+from diffiqt.models import checkpoint as ck
+from diffiqt.training.loop import resume_config, train
+from diffiqt.training.pairs import StoredPairStream, make_pair
+from diffiqt.training.presimulated import PAIR_STREAM, crop_to_head, read_pairs_file, training_sources, write_pairs_file
 from diffiqt.transfer import join_checkpoint, split_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

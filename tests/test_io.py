@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffiqt.errors import InputError, OutputError
-from diffiqt.io import OutputGroup, Volume, load_volume, save_volume
+from diffiqt.imaging.io import OutputGroup, Volume, load_volume, save_volume
 
 
 def _rotation(deg: float) -> np.ndarray:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from diffiqt.anatomy.brains import crop_sample
 from diffiqt.config import AugmentConfig, DataConfig
-from diffiqt.data import crop_sample, split_anterior, trim_to_head
 from diffiqt.errors import ConfigError
+from diffiqt.evaluation.metrics import psnr
 from diffiqt.nets.linear_iqt import LinearIQT, NormalEquations
-from diffiqt.train import fit_linear_iqt, integral_factor, slice_last_pair
-from diffiqt.metrics import psnr
+from diffiqt.training.loop import fit_linear_iqt, integral_factor, slice_last_pair
+from diffiqt.training.pairs import split_anterior, trim_to_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +109,7 @@ def test_unfitted_filter_is_linear_interpolation_between_thick_slices():
 def test_state_dict_round_trip_through_safetensors(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from diffiqt.checkpoint import state_tensors
+    from diffiqt.models.checkpoint import state_tensors
 
     net = LinearIQT(F8)
     with torch.no_grad():

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from diffiqt import nets
+from diffiqt.anatomy.brains import TissueMaps
 from diffiqt.config import DataConfig, resolve, validate
-from diffiqt.data import block_shape, random_corner, simulate_pair, training_and_validation
-from diffiqt.datasets import TissueMaps
 from diffiqt.diffusion import Denoiser
-from diffiqt.enhance import ChunkedDenoiser, EnhanceOptions, Model, chunk_size, enhance, head_box, slice_axis
 from diffiqt.errors import ConfigError, InputError
+from diffiqt.imaging.resample import to_isotropic
+from diffiqt.inference.enhance import ChunkedDenoiser, EnhanceOptions, chunk_size, enhance, head_box, slice_axis
+from diffiqt.models.loading import Model
 from diffiqt.nets.crossbatch import fold_last_axis, unfold_last_axis
-from diffiqt.resample import to_isotropic
-from diffiqt.simulate import LowFieldParams, simulate_low_field
+from diffiqt.simulation import LowFieldParams, simulate_low_field
+from diffiqt.training.pairs import block_shape, random_corner, simulate_pair, training_and_validation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,8 +143,8 @@ def test_head_box_can_start_on_the_slice_phase():
 
 
 def test_training_refuses_the_test_brains_and_every_preset_keeps_them_out():
+    from diffiqt.anatomy.brains import TEST_BRAINS
     from diffiqt.config import list_presets
-    from diffiqt.datasets import TEST_BRAINS
 
     for spec in TEST_BRAINS:
         with pytest.raises(InputError, match="test brain"):
@@ -157,7 +158,7 @@ def test_training_refuses_the_test_brains_and_every_preset_keeps_them_out():
 
 def test_mean_fraction_draws_blocks_at_t_one():
     from diffiqt.config import DiffusionConfig
-    from diffiqt.train import batch_loss
+    from diffiqt.training.loop import batch_loss
 
     seen = []
 

@@ -36,11 +36,11 @@ def data(tmp_path_factory, mni) -> dict[str, Path]:
     import tiny_net
 
     from diffiqt import nets
-    from diffiqt.checkpoint import save_checkpoint
+    from diffiqt.anatomy.brains import TissueMaps
     from diffiqt.config import TrainConfig
-    from diffiqt.datasets import TissueMaps
-    from diffiqt.io import save_volume
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.imaging.io import save_volume
+    from diffiqt.models.checkpoint import save_checkpoint
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     root = tmp_path_factory.mktemp("misuse")
     lower, upper = (70, 90, 60), (110, 138, 124)
@@ -190,7 +190,7 @@ def test_export_model_takes_a_plain_name_only(capsys, tmp_path, data, name):
 
 
 def test_export_model_never_replaces_a_shipped_model_and_replaces_an_export_only_with_force(capsys, tmp_path, data):
-    from diffiqt.pretrained import WEIGHTS_DIR, read_card, shipped_models
+    from diffiqt.models.shipped import WEIGHTS_DIR, read_card, shipped_models
 
     for force in ((), ("--force",)):
         for shipped in shipped_models():
@@ -236,7 +236,7 @@ def test_join_checkpoint_never_writes_into_an_existing_run(capsys, tmp_path, dat
 
 def test_shipped_names_win_over_folders_in_the_working_directory(monkeypatch, tmp_path, data):
     from diffiqt.errors import ConfigError
-    from diffiqt.pretrained import WEIGHTS_DIR, resolve_model, shipped_card
+    from diffiqt.models.shipped import WEIGHTS_DIR, resolve_model, shipped_card
 
     name, card = shipped_card("default")
     for decoy in ("default", name):
@@ -256,7 +256,7 @@ def test_shipped_names_win_over_folders_in_the_working_directory(monkeypatch, tm
 
 def test_a_stray_json_in_the_weights_folder_breaks_no_model_and_two_defaults_are_refused(tmp_path):
     from diffiqt.errors import ConfigError
-    from diffiqt.pretrained import WEIGHTS_DIR, load_shipped, resolve_model, shipped_card
+    from diffiqt.models.shipped import WEIGHTS_DIR, load_shipped, resolve_model, shipped_card
 
     name, card = shipped_card("default")
     for suffix in (".json", ".safetensors"):
@@ -274,7 +274,7 @@ def test_a_stray_json_in_the_weights_folder_breaks_no_model_and_two_defaults_are
 
 def test_the_sidecar_records_the_resolved_shipped_model_and_its_hash(capsys, monkeypatch, tmp_path, data):
     """With a folder called 'default' in the working directory, the shipped default model still runs."""
-    from diffiqt.pretrained import WEIGHTS_DIR, sha256, shipped_card
+    from diffiqt.models.shipped import WEIGHTS_DIR, sha256, shipped_card
 
     name, card = shipped_card("default")
     _copy(data["checkpoint"], tmp_path / "default")
@@ -308,7 +308,7 @@ def test_enhance_checks_its_input_and_options_before_loading_a_model(capsys, mon
     def no_model(spec):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr("diffiqt.enhance.load_model", no_model)
+    monkeypatch.setattr("diffiqt.models.loading.load_model", no_model)
     scan = {"MISSING": tmp_path / "missing.nii.gz", "LF": _copy(data["lf"], tmp_path / "lf.nii.gz")}
     _refused(capsys, tmp_path, words, "enhance", scan[args[0]], *args[1:], "-o", tmp_path / "out.nii.gz")
 
@@ -472,7 +472,7 @@ def test_simulate_refuses_an_image_without_a_head(capsys, tmp_path, data):
 @pytest.mark.parametrize("card", ["{ not json", "[1, 2]", "{}", "NO_SHA", "VOXEL_0", "VOXEL_ABC"])
 def test_a_broken_model_card_is_refused_by_name(tmp_path, card):
     from diffiqt.errors import ConfigError
-    from diffiqt.pretrained import WEIGHTS_DIR, resolve_model, shipped_card
+    from diffiqt.models.shipped import WEIGHTS_DIR, resolve_model, shipped_card
 
     name, good = shipped_card("default")
     text = {

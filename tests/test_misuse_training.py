@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import tiny_net
-from diffiqt import checkpoint as ck
 from diffiqt import config as configs
-from diffiqt import train as training
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.train import Trainer, TrainingDiverged, TrainingInterrupted, resume_config, train
+from diffiqt.models import checkpoint as ck
+from diffiqt.training import loop
+from diffiqt.training.loop import Trainer, TrainingDiverged, TrainingInterrupted, resume_config, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TESTS = Path(__file__).parent
@@ -102,7 +102,7 @@ def nifti_files(draw):
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(nifti_files())
 def test_the_loader_gives_a_finite_float32_volume_or_an_input_error(tmp_path, file):
-    from diffiqt.io import load_volume
+    from diffiqt.imaging.io import load_volume
 
     suffix, blob = file
     path = tmp_path / f"random{suffix}"
@@ -120,14 +120,14 @@ def test_the_loader_gives_a_finite_float32_volume_or_an_input_error(tmp_path, fi
 
 
 def test_a_non_finite_loss_stops_the_run_before_its_step_and_no_nan_checkpoint_is_written(tmp_path, monkeypatch):
-    real, calls = training.batch_loss, []
+    real, calls = loop.batch_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(training, "batch_loss", poisoned)
+    monkeypatch.setattr(loop, "batch_loss", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="diverged at step 3: the loss is nan.*step_00000002") as err:
         train(tiny("steps=6"), run, progress=False)
@@ -174,7 +174,7 @@ def test_a_signal_during_a_step_stops_at_its_end_with_a_checkpoint(tmp_path, mon
 def test_a_run_folder_in_use_is_refused_and_a_stale_lock_blocks_nothing(tmp_path):
     run = tmp_path / "run"
     train(tiny("steps=2"), run, progress=False)
-    with open(run / training.LOCK_FILE, "w") as holder:  # another process training there
+    with open(run / loop.LOCK_FILE, "w") as holder:  # another process training there
         holder.write("4242\n")
         holder.flush()
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -263,8 +263,8 @@ def _tiny_checkpoint(root: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["simulate", "enhance"])
 def test_sigterm_leaves_all_outputs_or_none_and_no_part_files(tmp_path, mni_crop, command):
-    from diffiqt.io import save_volume
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.imaging.io import save_volume
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     if command == "simulate":
         scan = save_volume(mni_crop.t1, tmp_path / "hf.nii.gz")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from diffiqt import datasets
-from diffiqt.pretrained import WEIGHTS_DIR, load_shipped, sha256, shipped_models
+from diffiqt.anatomy import brains
+from diffiqt.models.shipped import WEIGHTS_DIR, load_shipped, sha256, shipped_models
 
 
 def test_exactly_one_default_model_is_shipped_and_its_card_matches_its_weights():
@@ -27,9 +27,10 @@ def test_shipped_model_enhances_a_real_crop_on_cpu(mni_crop):
     with an uncertainty map. Quality against interpolation is the model card's business
     (scripts/model_card.py), not this test's; its multi-step samples are known to be noisier than its
     one-step mean (docs/model-card.md), so they are held to being finite and spread, not to the anatomy."""
-    from diffiqt.enhance import EnhanceOptions, enhance, load_model
-    from diffiqt.resample import shared_extent
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.imaging.resample import shared_extent
+    from diffiqt.inference.enhance import EnhanceOptions, enhance
+    from diffiqt.models.loading import load_model
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     model = load_model("default")
     assert model.warning  # its card's caveat reaches the user
@@ -57,7 +58,7 @@ def test_a_changed_weights_file_is_refused(tmp_path):
         load_shipped("default", tmp_path)
 
 
-@pytest.mark.skipif(not datasets.colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
+@pytest.mark.skipif(not brains.colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
 @pytest.mark.slow  # a long end-to-end run: make test-all
 def test_demo_enhances_a_held_out_brain_with_the_shipped_model(tmp_path):
     out = tmp_path / "demo"

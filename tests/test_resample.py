@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffiqt.io import Volume
-from diffiqt.resample import isotropic_grid, onto_shape, shared_extent, to_isotropic
-from diffiqt.simulate import LowFieldParams, simulate_low_field
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import isotropic_grid, onto_shape, shared_extent, to_isotropic
+from diffiqt.simulation import LowFieldParams, simulate_low_field
 
 
 def test_thick_slice_scan_goes_back_onto_the_hf_grid(mni_crop):

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from diffiqt.datasets import BrainSample, TissueMaps
-from diffiqt.io import Volume
-from diffiqt.simulate import (
-    LowFieldParams,
-    decimate,
-    slice_profile_blur,
-    simulate_low_field,
-)
+from diffiqt.anatomy.brains import BrainSample, TissueMaps
+from diffiqt.imaging.io import Volume
+from diffiqt.simulation import LowFieldParams, decimate, slice_profile_blur, simulate_low_field
 
 
 def _resample(volume: Volume, voxel_mm: float, order: int = 1) -> Volume:

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 import tiny_net
 from tiny_net import TINY_TRAINING
 from conftest import run_cli
-from diffiqt import checkpoint as ck
 from diffiqt import config as configs
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
-from diffiqt.train import Trainer, TrainingInterrupted, resume_config, train
+from diffiqt.models import checkpoint as ck
+from diffiqt.training.loop import Trainer, TrainingInterrupted, resume_config, train
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from diffiqt.checkpoint import find_checkpoint
+from diffiqt.models.checkpoint import find_checkpoint
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 

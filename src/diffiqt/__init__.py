@@ -11,9 +11,7 @@ and ``diffiqt.simulate_low_field(hf, None, diffiqt.LowFieldParams.for_factor(8, 
 low-field scan of a high-field one. The names are imported on first use, so that ``import diffiqt`` (and
 the command line, which imports this package) does not pay for torch and scipy until they are needed.
 
-``enhance_scan`` is :func:`diffiqt.enhance.enhance` under another name: ``diffiqt.enhance`` is the
-module, and a function of that name here would hide it from ``import diffiqt.enhance as ...`` and from
-dotted paths such as ``monkeypatch.setattr("diffiqt.enhance.load_model", ...)``.
+``enhance_scan`` is :func:`diffiqt.inference.enhance.enhance`.
 """
 
 from __future__ import annotations
@@ -28,24 +26,25 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
-    from diffiqt.enhance import EnhanceOptions, EnhanceResult, Model, load_model
-    from diffiqt.enhance import enhance as enhance_scan
-    from diffiqt.io import Volume, load_volume, save_volume
-    from diffiqt.simulate import LowFieldParams, LowFieldResult, simulate_low_field
+    from diffiqt.imaging.io import Volume, load_volume, save_volume
+    from diffiqt.inference.enhance import EnhanceOptions, EnhanceResult
+    from diffiqt.inference.enhance import enhance as enhance_scan
+    from diffiqt.models.loading import Model, load_model
+    from diffiqt.simulation import LowFieldParams, LowFieldResult, simulate_low_field
 
 # public name -> (module, name in that module)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "Volume": ("diffiqt.io", "Volume"),
-    "load_volume": ("diffiqt.io", "load_volume"),
-    "save_volume": ("diffiqt.io", "save_volume"),
-    "LowFieldParams": ("diffiqt.simulate", "LowFieldParams"),
-    "LowFieldResult": ("diffiqt.simulate", "LowFieldResult"),
-    "simulate_low_field": ("diffiqt.simulate", "simulate_low_field"),
-    "Model": ("diffiqt.enhance", "Model"),
-    "load_model": ("diffiqt.enhance", "load_model"),
-    "EnhanceOptions": ("diffiqt.enhance", "EnhanceOptions"),
-    "EnhanceResult": ("diffiqt.enhance", "EnhanceResult"),
-    "enhance_scan": ("diffiqt.enhance", "enhance"),
+    "Volume": ("diffiqt.imaging.io", "Volume"),
+    "load_volume": ("diffiqt.imaging.io", "load_volume"),
+    "save_volume": ("diffiqt.imaging.io", "save_volume"),
+    "LowFieldParams": ("diffiqt.simulation", "LowFieldParams"),
+    "LowFieldResult": ("diffiqt.simulation", "LowFieldResult"),
+    "simulate_low_field": ("diffiqt.simulation", "simulate_low_field"),
+    "Model": ("diffiqt.models.loading", "Model"),
+    "load_model": ("diffiqt.models.loading", "load_model"),
+    "EnhanceOptions": ("diffiqt.inference.enhance", "EnhanceOptions"),
+    "EnhanceResult": ("diffiqt.inference.enhance", "EnhanceResult"),
+    "enhance_scan": ("diffiqt.inference.enhance", "enhance"),
 }
 
 __all__ = [

@@ -28,7 +28,7 @@ Layout = Literal["auto", "patches", "volume"]
 LossName = Literal["mse", "l1"]
 DEFAULT_SAMPLER: SamplerName = "paper"  # validation during training and enhancement both default to it
 DEFAULT_STEPS = 20  # the paper's sampling steps
-# torch.device names that diffiqt.distributed.resolve_device accepts; not a Literal: cuda:N has any N.
+# torch.device names that diffiqt.training.distributed.resolve_device accepts; not a Literal: cuda:N has any N.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from diffiqt.checkpoint import CHECKPOINT_DIR, build_network, check_fits, read_checkpoint, read_tensors, save_checkpoint
 from diffiqt.errors import ConfigError, InputError, OutputError
+from diffiqt.models.checkpoint import (
+    CHECKPOINT_DIR,
+    build_network,
+    check_fits,
+    read_checkpoint,
+    read_tensors,
+    save_checkpoint,
+)
 
 CONFIG_NAME = "checkpoint.json"  # the checkpoint's config.json, renamed so that it cannot be taken for a run's
 SHARD_GLOB = "ema-*-of-*.safetensors"

@@ -4,12 +4,12 @@ The split, the same for every method and budget (:data:`SPLIT`):
 
 * **training**: the MNI152 template only. The training pipeline makes pseudo-subjects of it: every
   simulated pair is a fresh torchio augmentation (affine, sometimes elastic, bias field, gamma) of the
-  brain followed by a fresh low-field simulation (:mod:`diffiqt.data`);
+  brain followed by a fresh low-field simulation (:mod:`diffiqt.training.pairs`);
 * **validation during training**: the anterior hold-out slab of the training source
   (``data.val_sources`` is empty), so no test volume is seen while training;
 * **test**: Colin27 skull-stripped (``colin27-brain``) and whole head (``colin27``): another real subject,
   never used for training or validation: training itself refuses any source that names, lies beside or
-  copies a test brain (:func:`diffiqt.data.checked_sources`).
+  copies a test brain (:func:`diffiqt.training.pairs.checked_sources`).
 
 Each test volume (or its central ``test_region``³ cube) is degraded once by the x8 low-field simulator
 with a fixed seed; every method enhances the same low-field scan. An equal budget: every trained method
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 
 
-from diffiqt.datasets import TEST_BRAINS
+from diffiqt.anatomy.brains import TEST_BRAINS
 from diffiqt.config import DEFAULT_STEPS, TrainConfig, from_dict, merge, preset_dict, validate
 from diffiqt.errors import ConfigError
 
@@ -32,7 +32,7 @@ TEST_SEED = 2023  # seed of the test volumes' low-field simulations, the same fo
 
 @dataclass(frozen=True)
 class Split:
-    """Which volumes train, validate and test (bundled names, :mod:`diffiqt.datasets`)."""
+    """Which volumes train, validate and test (bundled names, :mod:`diffiqt.anatomy.brains`)."""
 
     train: tuple[str, ...] = ("mni152",)
     validation: str = "the anterior hold-out slab of each training source (data.val_sources empty)"

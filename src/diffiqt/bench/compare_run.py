@@ -21,10 +21,10 @@ from typing import Any
 
 from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, peer, trains
 from diffiqt.config import TrainConfig
-from diffiqt.distributed import resolve_device
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.heldout import LF_FACTOR, HeldOutCase, held_out_case
-from diffiqt.io import Volume
+from diffiqt.evaluation.heldout import LF_FACTOR, HeldOutCase, held_out_case
+from diffiqt.imaging.io import Volume
+from diffiqt.training.distributed import resolve_device
 
 LINEAR_IQT_PAIRS = 16  # simulated training pairs linear IQT is fitted on (seconds each)
 
@@ -48,8 +48,8 @@ def held_out_scans(budget: Budget, split: Split = SPLIT) -> list[HeldOutCase]:
 
 def finished_checkpoint(run_dir: Path, cfg: TrainConfig) -> Path | None:
     """The run's newest checkpoint if it reached ``cfg.steps`` with this config; None if unfinished."""
-    from diffiqt.checkpoint import list_checkpoints, read_checkpoint
-    from diffiqt.train import check_resumable
+    from diffiqt.models.checkpoint import list_checkpoints, read_checkpoint
+    from diffiqt.training.loop import check_resumable
 
     if not list_checkpoints(run_dir):
         return None
@@ -60,7 +60,7 @@ def finished_checkpoint(run_dir: Path, cfg: TrainConfig) -> Path | None:
 
 def ensure_trained(cfg: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None]) -> Path:
     """Train ``cfg`` in ``run_dir`` unless it finished there before; an interrupted run is resumed."""
-    from diffiqt.train import train
+    from diffiqt.training.loop import train
 
     done = finished_checkpoint(run_dir, cfg)
     if done is not None:
@@ -111,8 +111,8 @@ def score(model, scans: list[HeldOutCase], budget: Budget, device: str) -> tuple
     """({scan: [metrics of each sampler seed]}, {scan: the prediction of seed 0 on the model grid})."""
     import time
 
-    from diffiqt.enhance import EnhanceOptions, enhance
-    from diffiqt.heldout import score as score_case
+    from diffiqt.evaluation.heldout import score as score_case
+    from diffiqt.inference.enhance import EnhanceOptions, enhance
 
     rows: dict[str, list[dict]] = {}
     first: dict[str, Volume] = {}
@@ -132,7 +132,7 @@ def score_peer(network: str, scans: list[HeldOutCase], voxel_mm: float) -> tuple
     import time
 
     from diffiqt.bench.peers import interpolate
-    from diffiqt.heldout import score as score_case
+    from diffiqt.evaluation.heldout import score as score_case
 
     rows: dict[str, list[dict]] = {}
     first: dict[str, Volume] = {}
@@ -158,8 +158,9 @@ def bench_method(
     log: Callable[[str], None],
 ) -> dict:
     """Train (if needed), enhance and score one method; reuse ``previous`` scores of the same weights."""
-    from diffiqt.enhance import DEFAULT_VOXEL_MM, Model, load_model
-    from diffiqt.io import save_volume
+    from diffiqt.imaging.io import save_volume
+    from diffiqt.models.checkpoint import DEFAULT_VOXEL_MM
+    from diffiqt.models.loading import Model, load_model
     from diffiqt.nets import build_network, count_parameters
 
     network, settings = budget.networks[method]
@@ -209,9 +210,9 @@ def fit_linear_iqt_model(budget: Budget, method: str):
     """(linear IQT fitted on the budget's training brains at the test scans' x8, fitting seconds)."""
     from dataclasses import replace
 
-    from diffiqt.data import model_voxel_mm, training_and_validation
-    from diffiqt.enhance import Model
-    from diffiqt.train import fit_linear_iqt
+    from diffiqt.models.loading import Model
+    from diffiqt.training.loop import fit_linear_iqt
+    from diffiqt.training.pairs import model_voxel_mm, training_and_validation
 
     cfg = method_config(budget, method)
     data = replace(cfg.data, lf_factor=float(LF_FACTOR), lf_factors=[])
@@ -319,7 +320,7 @@ def git_revision() -> str:
 
 def save_results(results: dict, out: Path) -> None:
     """results.json, and results.csv with one row per method, scan and sampler seed (both atomic)."""
-    from diffiqt.io import atomic_write, save_json
+    from diffiqt.imaging.io import atomic_write, save_json
 
     save_json(results, out / "results.json")
     rows = [

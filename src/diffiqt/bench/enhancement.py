@@ -1,6 +1,6 @@
 """Enhancement of a real brain by the three schemes, each in a fresh process: time, peak memory, quality.
 
-(a) ``whole``: :func:`diffiqt.enhance.enhance`, the head box as one tensor (cross-batch inference).
+(a) ``whole``: :func:`diffiqt.inference.enhance.enhance`, the head box as one tensor (cross-batch inference).
 (b) ``windows`` with blend "centre": the authors' scheme (:class:`~diffiqt.bench.schemes.SlidingWindowDenoiser`).
 (c) ``windows`` with a blend and several samples averaged.
 
@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffiqt import data
-from diffiqt.config import DEFAULT_SAMPLER
 from diffiqt.bench.measure import precision
 from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
-from diffiqt.enhance import HEAD_MARGIN_MM, EnhanceOptions, Model, enhance, extract, head_box, insert, load_model
-from diffiqt.heldout import central_box
-from diffiqt.io import Volume
-from diffiqt.resample import shared_extent, to_isotropic
+from diffiqt.config import DEFAULT_SAMPLER
+from diffiqt.evaluation.heldout import central_box
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import shared_extent, to_isotropic
+from diffiqt.inference.enhance import HEAD_MARGIN_MM, EnhanceOptions, enhance, extract, head_box, insert
+from diffiqt.models.loading import Model, load_model
+from diffiqt.preprocess import denormalise, lf_scale, normalise
 
 UNTRAINED = "untrained:"  # model spec prefix: a freshly initialised preset, for timings only
 LF_FACTOR = 8  # slice-spacing factor of the simulated low-field scan
@@ -48,8 +49,8 @@ class Brain:
 @functools.lru_cache(maxsize=2)
 def mni_brain(region: int | None, seed: int = 0) -> Brain:
     """The MNI152 brain, or its central ``region``³ cube, and an x8 low-field simulation of it (axial slices)."""
-    from diffiqt.datasets import TissueMaps, mni152
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.anatomy.brains import TissueMaps, mni152
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     mni = mni152()
     hf, maps, mask, label = mni.t1, mni.tissues, mni.mask, f"whole MNI152 brain {'×'.join(map(str, mni.t1.shape))}"
@@ -157,9 +158,9 @@ def run_windows(job: SchemeJob, model: Model, device: torch.device) -> SchemeOut
     """The sliding-window scheme over the head box, prepared exactly as :func:`enhance` prepares it."""
     begin = time.perf_counter()
     grid = to_isotropic(job.brain.lf, model.voxel_mm)
-    scale = data.lf_scale(grid.data)
+    scale = lf_scale(grid.data)
     lower, upper = head_box(grid.data, model.cell, int(round(HEAD_MARGIN_MM / model.voxel_mm)))
-    cond = torch.from_numpy(extract(data.normalise(grid.data, scale), lower, upper))[None, None].to(device)
+    cond = torch.from_numpy(extract(normalise(grid.data, scale), lower, upper))[None, None].to(device)
     denoiser = SlidingWindowDenoiser(model.denoiser(), model.cell, job.blend).to(device)
     outcome = SchemeOutcome(
         0.0,
@@ -175,7 +176,7 @@ def run_windows(job: SchemeJob, model: Model, device: torch.device) -> SchemeOut
         return outcome
     samples = sample_volume(denoiser, cond, job.sampler, job.steps, job.samples, job.seed)
     mean = grid.data.copy()
-    insert(mean, data.denormalise(samples.float().mean(dim=0)[0].cpu().numpy(), scale), lower)
+    insert(mean, denormalise(samples.float().mean(dim=0)[0].cpu().numpy(), scale), lower)
     outcome.seconds, outcome.mean = time.perf_counter() - begin, mean
     return outcome
 
@@ -212,7 +213,9 @@ def quality(mean: np.ndarray, brain: Brain, box_lower, cell: int) -> dict[str, f
     scan can be a few slices longer than the truth; both are cut to their common extent (the grids share
     voxel 0).
     """
-    from diffiqt.metrics import strict_protocol  # here: it imports scikit-learn, 2 s in every spawned process
+    from diffiqt.evaluation.metrics import (
+        strict_protocol,
+    )  # here: it imports scikit-learn, 2 s in every spawned process
 
     common = shared_extent(mean.shape, brain.hf.shape)
     pred, truth, mask = mean[common], brain.hf.data[common], brain.mask[common]

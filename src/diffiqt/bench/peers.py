@@ -1,7 +1,7 @@
 """Classical peers of the bench: the thick-slice scan interpolated onto the model grid by SimpleITK.
 
 They take the scan on its own grid (not the cubic condition the networks get) and resample it onto the
-same isotropic grid as :func:`diffiqt.resample.to_isotropic`, with ITK's interpolators: a cubic B-spline
+same isotropic grid as :func:`diffiqt.imaging.resample.to_isotropic`, with ITK's interpolators: a cubic B-spline
 (ITK's prefiltered interpolating spline, as scipy's order 3 but with ITK's boundary handling), a
 quintic B-spline, and a Lanczos windowed sinc (radius 3). Beyond the scan's first and last slice
 centres the nearest value is kept, as the cubic baseline does. Nothing is trained. SimpleITK is an
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from diffiqt.errors import ConfigError
-from diffiqt.io import Volume
-from diffiqt.resample import isotropic_grid, to_sitk
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import isotropic_grid, to_sitk
 
 # Network name in a budget -> SimpleITK interpolator constant.
 PEERS = {

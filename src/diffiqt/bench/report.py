@@ -16,7 +16,7 @@ import numpy as np
 
 from diffiqt.bench.compare import BUDGETS, METHODS, peer
 from diffiqt.errors import OutputError
-from diffiqt.io import Volume, atomic_write
+from diffiqt.imaging.io import Volume, atomic_write
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -255,7 +255,7 @@ def _region_text(settings: dict) -> str:
 NOTES = (
     "Paper protocol: the central 192³ region (zero-padded where the volume is smaller), each volume min-max "
     "scaled to [0, 1]; strict protocol: the truth's intensity range, PSNR inside the brain mask, SSIM and MS-SSIM "
-    "on its bounding box (MS-SSIM n/a below 97 voxels a side). See `diffiqt.metrics`.",
+    "on its bounding box (MS-SSIM n/a below 97 voxels a side). See `diffiqt.evaluation.metrics`.",
     "Tissue Dice and mIoU compare 3-class (CSF/GM/WM) Gaussian-mixture segmentations of prediction and truth (EM on "
     "the prediction starts from the truth's fitted mixture, so that a low-contrast prediction cannot end with two "
     "components on one peak and no white matter); the "
@@ -264,7 +264,7 @@ NOTES = (
     "3D ESRGAN's generator trains with the reconstruction loss only (MSE, as every method here); its adversarial "
     "and perceptual terms are not used.",
     "Training time: wall time of the training steps, data simulation included, as logged in `train.csv`. Inference: "
-    "`diffiqt.enhance.enhance` on the low-field scan, per volume and sampler seed. ± is the standard deviation "
+    "`diffiqt.inference.enhance.enhance` on the low-field scan, per volume and sampler seed. ± is the standard deviation "
     "over sampler seeds (one scan) or over the test scans (all scans). The ordering uses the mean over the test "
     "scans.",
 )
@@ -315,8 +315,8 @@ def comparison_figure(scans: list, predictions: dict[str, dict[str, Path]], path
     """Per test scan: the low-field scan, every method, the truth (zoomed inset), and |error| maps below."""
     import matplotlib.pyplot as plt
 
-    from diffiqt.io import load_volume
-    from diffiqt.resample import resample
+    from diffiqt.imaging.io import load_volume
+    from diffiqt.imaging.resample import resample
 
     columns = len(predictions) + 2
     fig, axes = plt.subplots(2 * len(scans), columns, figsize=(2.1 * columns, 2.3 * 2 * len(scans)), squeeze=False)
@@ -334,7 +334,7 @@ def comparison_figure(scans: list, predictions: dict[str, dict[str, Path]], path
 
 def draw_scan(image_row, error_row, panels: list[tuple[str, Volume]], scan) -> None:
     """One slice through the brain's centre for every panel, sampled on the truth's grid, and its error map."""
-    from diffiqt.figures import view_slice
+    from diffiqt.evaluation.figures import view_slice
 
     centre = scan.hf.voxel_to_world(np.argwhere(scan.brain).mean(axis=0))
     planes = {name: view_slice(volume, centre, VIEW, scan.hf) for name, volume in panels}

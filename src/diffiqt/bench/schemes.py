@@ -100,7 +100,7 @@ class SlidingWindowDenoiser(nn.Module):
 def sample_volume(denoiser: nn.Module, cond: Tensor, sampler: str, steps: int, samples: int, seed: int) -> Tensor:
     """``samples`` trajectories on one condition [1, 1, D, H, W] -> [S, 1, D, H, W].
 
-    Draws the same noise as :func:`diffiqt.enhance.run_sampler` for the same seed, so schemes that
+    Draws the same noise as :func:`diffiqt.inference.enhance.run_sampler` for the same seed, so schemes that
     differ only in their denoiser start from, and add, identical noise.
     """
     generator = torch.Generator(device=cond.device).manual_seed(seed)

@@ -71,7 +71,7 @@ def _interrupt(signum, frame) -> None:
 
 def usage_message(exc, args: list[str]) -> str:
     """A usage error on one line; an unknown option that is a file name starting with '-' says how to give it."""
-    from diffiqt.io import has_image_suffix
+    from diffiqt.imaging.io import has_image_suffix
 
     message = " ".join(exc.format_message().split())
     dashed = [a for a in args if a.startswith("-") and has_image_suffix(a)]

@@ -69,7 +69,7 @@ def bench_speed(
     from diffiqt.bench.speed import PARTS, BenchOptions, run
     from diffiqt.diffusion import SAMPLERS
     from diffiqt.errors import ConfigError, OutputError
-    from diffiqt.io import atomic_write
+    from diffiqt.imaging.io import atomic_write
 
     options = BenchOptions(
         presets=_names(presets),

@@ -1,6 +1,6 @@
 """BIDS mode of ``diffiqt enhance`` and ``diffiqt simulate``: a dataset's T1w scans in, derivatives out.
 
-The layout is :mod:`diffiqt.bids`'s; this module runs the commands over it. A run goes in three stages:
+The layout is :mod:`diffiqt.imaging.bids`'s; this module runs the commands over it. A run goes in three stages:
 
 1. Refusals that leave nothing to do (one line, exit 2, nothing written): no or unreadable
    ``dataset_description.json``, no T1w scan, a ``--participant-label``/``--session-label`` that matches
@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING
 
 from rich.progress import Progress, TaskID
 
-from diffiqt import bids
 from diffiqt.cli.common import console, print_enhance_notes, progress
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
+from diffiqt.imaging import bids
 
 if TYPE_CHECKING:  # torch is imported by the commands only when they work, so that --help stays fast
-    from diffiqt.enhance import EnhanceOptions, Model
-    from diffiqt.io import Volume
-    from diffiqt.pretrained import ModelRef
-    from diffiqt.simulate import LowFieldParams
+    from diffiqt.imaging.io import Volume
+    from diffiqt.inference.enhance import EnhanceOptions
+    from diffiqt.models.loading import Model
+    from diffiqt.models.shipped import ModelRef
+    from diffiqt.simulation import LowFieldParams
 
     ParamsFor = Callable[[Volume], LowFieldParams]
 
@@ -85,7 +86,7 @@ def plan(
     source: Path, out: Path, descs: tuple[str, ...], participants: list[str], sessions: list[str], force: bool
 ) -> Plan:
     """Stages 1 and 2 of the module docstring: everything checked before the work."""
-    from diffiqt.io import check_image, check_outputs
+    from diffiqt.imaging.io import check_image, check_outputs
 
     dataset = bids.read_dataset(source)
     bids.check_output_root(dataset, out)
@@ -155,7 +156,7 @@ def run(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> No
     """Stage 3: ``work(job, index, bar)`` for every job, a failure reported and passed over.
 
     The derivative's description (``what`` the pipeline did) is written with the first finished scan
-    (:func:`diffiqt.bids.write_description` leaves one that exists), so that a run in which every scan
+    (:func:`diffiqt.imaging.bids.write_description` leaves one that exists), so that a run in which every scan
     fails leaves nothing behind.
     """
     from diffiqt import __version__
@@ -187,10 +188,10 @@ def enhance_dataset(
 ) -> None:
     """``diffiqt enhance BIDS_ROOT -o OUT``: ``desc-enhanced`` (and ``desc-sd`` with samples > 1) per T1w scan.
 
-    ``ref`` is the resolved model (:class:`diffiqt.pretrained.ModelRef`) and ``options`` the sampler's
-    :class:`~diffiqt.enhance.EnhanceOptions` (``steps`` None: the model's own).
+    ``ref`` is the resolved model (:class:`diffiqt.models.shipped.ModelRef`) and ``options`` the sampler's
+    :class:`~diffiqt.inference.enhance.EnhanceOptions` (``steps`` None: the model's own).
     """
-    from diffiqt.enhance import load_model
+    from diffiqt.models.loading import load_model
 
     if png:
         raise ConfigError("--png is not available for BIDS datasets (a montage is no BIDS derivative)")
@@ -211,8 +212,8 @@ def enhance_dataset(
 def _enhance_scan(job: Job, count: str, model: Model, ref: ModelRef, options: EnhanceOptions, bar: Progress) -> None:
     """Enhance one scan into its ``desc-enhanced`` (and ``desc-sd``) images and sidecars, all or none of them."""
     from diffiqt import __version__
-    from diffiqt.enhance import enhance, slice_axis
-    from diffiqt.io import OutputGroup, load_volume, save_json, save_volume
+    from diffiqt.imaging.io import OutputGroup, load_volume, save_json, save_volume
+    from diffiqt.inference.enhance import enhance, slice_axis
 
     lf = load_volume(job.scan.path)
     tasks: list[TaskID] = []  # created at the first step, so that a scan refused before sampling leaves no empty bar
@@ -264,7 +265,7 @@ def simulate_dataset(
 ) -> None:
     """``diffiqt simulate BIDS_ROOT -o OUT``: ``desc-lowfield`` (and ``desc-lowfieldupsampled``) per T1w scan.
 
-    ``params(t1)`` gives the :class:`~diffiqt.simulate.LowFieldParams` for a high-field volume; each scan's
+    ``params(t1)`` gives the :class:`~diffiqt.simulation.LowFieldParams` for a high-field volume; each scan's
     random stream depends on ``seed`` and its file name, as in folder mode.
     """
     if png:
@@ -289,10 +290,10 @@ def simulate_dataset(
 def _simulate_scan(job: Job, params: ParamsFor, seed: int, upsample: bool) -> None:
     """Simulate one scan's ``desc-lowfield`` (and ``desc-lowfieldupsampled``) images and sidecars, all or none."""
     from diffiqt import __version__
+    from diffiqt.anatomy.brains import load_user_volume
     from diffiqt.cli.common import seed_for
-    from diffiqt.datasets import load_user_volume
-    from diffiqt.io import OutputGroup, save_json, save_volume
-    from diffiqt.simulate import simulate_low_field
+    from diffiqt.imaging.io import OutputGroup, save_json, save_volume
+    from diffiqt.simulation import simulate_low_field
 
     sample = load_user_volume(job.scan.path)
     chosen = params(sample.t1)

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
-    from diffiqt.enhance import EnhanceOptions, Model
+    from diffiqt.inference.enhance import EnhanceOptions
+    from diffiqt.models.loading import Model
 
 console = Console(stderr=True)
 

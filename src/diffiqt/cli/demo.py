@@ -59,10 +59,11 @@ def demo(
     """
     from diffiqt import __version__
     from diffiqt.cli.common import console, progress
-    from diffiqt.distributed import resolve_device
-    from diffiqt.enhance import EnhanceOptions, load_model
-    from diffiqt.heldout import held_out_case, run_held_out
-    from diffiqt.io import OutputGroup, save_json, save_volume
+    from diffiqt.evaluation.heldout import held_out_case, run_held_out
+    from diffiqt.imaging.io import OutputGroup, save_json, save_volume
+    from diffiqt.inference.enhance import EnhanceOptions
+    from diffiqt.models.loading import load_model
+    from diffiqt.training.distributed import resolve_device
 
     loaded = load_model(model)
     console.print(f"model: {loaded.description}")
@@ -106,8 +107,8 @@ def demo(
 
 
 def pick_brain(brain: str) -> str:
+    from diffiqt.anatomy.brains import colin27_available
     from diffiqt.cli.common import console
-    from diffiqt.datasets import colin27_available
 
     if brain != "auto":
         return brain
@@ -121,8 +122,8 @@ def pick_brain(brain: str) -> str:
 
 
 def demo_montage(case, result, path: Path) -> Path:
-    from diffiqt.figures import montage
-    from diffiqt.resample import onto_shape
+    from diffiqt.evaluation.figures import montage
+    from diffiqt.imaging.resample import onto_shape
 
     truth = case.hf
     cubic, enhanced = result.interpolated, result.enhanced.mean

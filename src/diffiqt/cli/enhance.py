@@ -78,15 +78,16 @@ def enhance(
       diffiqt enhance ax.nii.gz cor.nii.gz sag.nii.gz -o fused.nii.gz   (one volume from three scans; see docs/usage.md)\n
       torchrun --nproc_per_node 4 -m diffiqt enhance lf_folder/ -o enhanced/ --model RUN --device cuda
     """
-    from diffiqt import distributed
+    from diffiqt.anatomy.brains import list_user_folder
     from diffiqt.cli.bids import bids_mode, enhance_dataset
     from diffiqt.cli.common import check_seed, print_enhance_notes, progress
-    from diffiqt.datasets import list_user_folder
     from diffiqt.diffusion import SAMPLERS
-    from diffiqt.enhance import EnhanceOptions, load_model
     from diffiqt.errors import ConfigError, InputError
-    from diffiqt.io import check_output_path, check_outputs, load_volume, split_image_name
-    from diffiqt.pretrained import resolve_model
+    from diffiqt.imaging.io import check_output_path, check_outputs, load_volume, split_image_name
+    from diffiqt.inference.enhance import EnhanceOptions
+    from diffiqt.models.loading import load_model
+    from diffiqt.models.shipped import resolve_model
+    from diffiqt.training import distributed
 
     # Everything that can be checked without the model is checked before it loads (seconds), so that a
     # mistake costs nothing and is the one line printed.
@@ -152,7 +153,7 @@ def enhance(
 
 def outputs_of(target: Path, samples: int, png: bool) -> list[Path]:
     """Every file that enhancing into ``target`` writes: the mean, the std (samples > 1), the montage, the sidecar."""
-    from diffiqt.io import sibling_path
+    from diffiqt.imaging.io import sibling_path
 
     return (
         [target]
@@ -167,9 +168,9 @@ def enhance_file(scan: Path, lf, target: Path, model, ref, options, png: bool, b
     from dataclasses import asdict
 
     from diffiqt import __version__
-    from diffiqt.enhance import enhance
-    from diffiqt.figures import montage
-    from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
+    from diffiqt.evaluation.figures import montage
+    from diffiqt.imaging.io import OutputGroup, save_json, save_volume, sibling_path
+    from diffiqt.inference.enhance import enhance
     from rich.progress import TaskID
 
     std_path = sibling_path(target, "_std")

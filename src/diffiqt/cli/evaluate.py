@@ -11,7 +11,7 @@ from diffiqt.cli.app import app
 
 def pair_files(pred: Path, target: Path) -> list[tuple[Path, Path]]:
     """(pred, target) pairs: two files, or two folders matched by file name."""
-    from diffiqt.datasets import list_user_folder
+    from diffiqt.anatomy.brains import list_user_folder
     from diffiqt.errors import InputError
 
     if pred.is_dir() != target.is_dir():
@@ -31,12 +31,12 @@ def score_pair(
     """Metrics of one pair; the prediction is resampled (cubic) onto the target's grid if needed."""
     import numpy as np
 
-    from diffiqt.datasets import check_head, intensity_mask, looks_skull_stripped
+    from diffiqt.anatomy.brains import check_head, intensity_mask, looks_skull_stripped
     from diffiqt.errors import InputError
-    from diffiqt.figures import montage
-    from diffiqt.io import load_volume
-    from diffiqt.metrics import evaluate
-    from diffiqt.resample import resample
+    from diffiqt.evaluation.figures import montage
+    from diffiqt.evaluation.metrics import evaluate
+    from diffiqt.imaging.io import load_volume
+    from diffiqt.imaging.resample import resample
 
     target = load_volume(target_path)
     pred = load_volume(pred_path)
@@ -105,7 +105,7 @@ def evaluate(
       diffiqt evaluate --pred enhanced/ --target hf/ --csv scores.csv
     """
     from diffiqt.cli.common import console, format_metric, progress
-    from diffiqt.io import OutputGroup, check_outputs, save_json, save_text, split_image_name
+    from diffiqt.imaging.io import OutputGroup, check_outputs, save_json, save_text, split_image_name
 
     pairs = pair_files(pred, target)
     png_paths: list[Path | None] = [None] * len(pairs)

@@ -8,17 +8,15 @@ from pathlib import Path
 def enhance_fused(
     sources: list[Path], out: Path, ref, options, method: str, register: bool, png: bool, force: bool
 ) -> None:
-    """Enhance every scan of ``sources`` with the model ``ref`` and write their fusion (:mod:`diffiqt.fusion`)
+    """Enhance every scan of ``sources`` with the model ``ref`` and write their fusion (:mod:`diffiqt.inference.fusion`)
     to ``out``, its uncertainty map to ``*_std`` and a JSON sidecar (all or none of them)."""
     from dataclasses import asdict
 
     from diffiqt import __version__
     from diffiqt.cli.common import console, progress
-    from diffiqt.enhance import load_model
     from diffiqt.errors import InputError
-    from diffiqt.figures import montage
-    from diffiqt.fusion import METHODS, FusionOptions, check_scans, enhance_and_fuse
-    from diffiqt.io import (
+    from diffiqt.evaluation.figures import montage
+    from diffiqt.imaging.io import (
         OutputGroup,
         check_output_path,
         check_outputs,
@@ -27,6 +25,8 @@ def enhance_fused(
         save_volume,
         sibling_path,
     )
+    from diffiqt.inference.fusion import METHODS, FusionOptions, check_scans, enhance_and_fuse
+    from diffiqt.models.loading import load_model
 
     if method not in METHODS:
         raise InputError(f"unknown --fusion {method!r}; choose from {', '.join(METHODS)}")

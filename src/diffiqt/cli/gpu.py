@@ -38,7 +38,7 @@ def simulate_pairs(
     """
     from diffiqt import config as configs
     from diffiqt.cli.common import progress
-    from diffiqt.presimulated import write_pairs_file
+    from diffiqt.training.presimulated import write_pairs_file
 
     cfg = configs.validate(
         configs.resolve(preset, config, tuple(set_) + ((f"seed={seed}",) if seed is not None else ()))

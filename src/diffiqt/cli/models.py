@@ -129,7 +129,7 @@ def export_model(
 
     from diffiqt.diffusion import SAMPLERS
     from diffiqt.errors import ConfigError, InputError
-    from diffiqt.pretrained import WEIGHTS_DIR, export_checkpoint
+    from diffiqt.models.shipped import WEIGHTS_DIR, export_checkpoint
 
     if sampler is not None and sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")

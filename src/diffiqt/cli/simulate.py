@@ -13,7 +13,7 @@ AXES = "axial, coronal or sagittal (or 2, 1, 0: the axis of the RAS+ reoriented 
 
 def parse_axis(text: str) -> int:
     from diffiqt.errors import InputError
-    from diffiqt.simulate import AXIS_NAMES
+    from diffiqt.imaging.io import AXIS_NAMES
 
     if text.lower() in AXIS_NAMES:
         return AXIS_NAMES[text.lower()]
@@ -68,11 +68,11 @@ def simulate(
     """
     from functools import partial
 
-    from diffiqt import datasets
+    from diffiqt.anatomy import brains
     from diffiqt.cli.bids import bids_mode, simulate_dataset
     from diffiqt.cli.common import check_seed, progress, seed_for
     from diffiqt.errors import DiffiqtError, InputError
-    from diffiqt.io import check_output_path, check_outputs, split_image_name
+    from diffiqt.imaging.io import check_output_path, check_outputs, split_image_name
 
     axis_index = parse_axis(axis)
     check_seed(seed)
@@ -93,7 +93,7 @@ def simulate(
             sessions=session_label,
         )
     if path.is_dir():
-        files = datasets.list_user_folder(path)
+        files = brains.list_user_folder(path)
         if out.suffix:
             raise InputError(f"{out}: SOURCE is a folder, so --out must be a folder (no suffix)")
         jobs = [(file, out / f"{split_image_name(file)[0]}_lf{split_image_name(file)[1]}") for file in files]
@@ -106,7 +106,7 @@ def simulate(
             task = bar.add_task("simulating", total=len(files))
             for file, target in jobs:
                 try:
-                    sample = datasets.load_user_volume(file)
+                    sample = brains.load_user_volume(file)
                     _simulate_one(
                         sample,
                         target,
@@ -130,10 +130,10 @@ def simulate(
             raise InputError(f"{len(failures)} of {len(files)} files failed (see above)")
         return
     check_outputs([(p, source) for p in outputs_of(check_output_path(out, [path]), upsample, png)], [path], force=force)
-    if path.exists() or source not in datasets.BUNDLED:
-        sample = datasets.load_user_volume(path)
+    if path.exists() or source not in brains.BUNDLED:
+        sample = brains.load_user_volume(path)
     else:
-        sample = datasets.load_bundled(source)
+        sample = brains.load_bundled(source)
     _simulate_one(
         sample,
         out,
@@ -153,7 +153,7 @@ def simulate(
 
 def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
     """Every file simulating into ``out`` writes: the LF volume, its upsampled copy, the montage, the sidecar."""
-    from diffiqt.io import sibling_path
+    from diffiqt.imaging.io import sibling_path
 
     return (
         [out]
@@ -167,7 +167,7 @@ def lowfield_params(
     t1, thickness: float, gap: float, factor: float | None, axis: int, snr_wm: float | None, snr_gm: float | None
 ):
     """The simulation's parameters for the HF volume ``t1``: --factor is relative to its voxel size."""
-    from diffiqt.simulate import LowFieldParams
+    from diffiqt.simulation import LowFieldParams
 
     if factor is not None:
         return LowFieldParams.for_factor(factor, float(t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
@@ -177,9 +177,9 @@ def lowfield_params(
 def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_wm, snr_gm, seed, rng, upsample, png):
     """Simulate one LF volume into ``out`` and its siblings (checked by the caller), all or none of them."""
     from diffiqt import __version__
-    from diffiqt.figures import montage
-    from diffiqt.io import OutputGroup, save_json, save_volume, sibling_path
-    from diffiqt.simulate import simulate_low_field
+    from diffiqt.evaluation.figures import montage
+    from diffiqt.imaging.io import OutputGroup, save_json, save_volume, sibling_path
+    from diffiqt.simulation import simulate_low_field
 
     up_path, json_path, png_path = (
         sibling_path(out, "_upsampled"),

@@ -46,10 +46,10 @@ def train(
     import os
 
     from diffiqt import config as configs
-    from diffiqt import distributed
     from diffiqt.errors import ConfigError
-    from diffiqt.train import resume_config
-    from diffiqt.train import train as run_training
+    from diffiqt.training import distributed
+    from diffiqt.training.loop import resume_config
+    from diffiqt.training.loop import train as run_training
 
     given = (("steps", steps), ("seed", seed), ("max_minutes", max_minutes))
     assignments = tuple(set_) + tuple(f"{k}={v}" for k, v in given if v is not None)

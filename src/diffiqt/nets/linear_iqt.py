@@ -2,7 +2,7 @@
 simplest form), a direct baseline [B, 1, D, H, W] -> [B, 1, D, H, W].
 
 Convention: the slice axis of the thick-slice scan is the LAST axis, the input is the LF condition
-cubic-resampled onto the 1 mm grid (normalised as :func:`diffiqt.data.normalise` does), and the thick-slice
+cubic-resampled onto the 1 mm grid (normalised as :func:`diffiqt.preprocess.normalise` does), and the thick-slice
 centres lie at last-axis positions 0, f, 2f, ... (f the integral slice step, 8 for x8). Folding the last axis
 (:func:`~diffiqt.nets.crossbatch.fold_last_axis`) gives the low-field grid [B, f, D, H, W/f]; its phase-0
 channel is the thick-slice sample itself (a cubic spline passes through its samples). The output voxel at
@@ -13,7 +13,7 @@ last-axis position k·f + j (phase j) is
 with lf0 the phase-0 values (zero beyond the volume): by default a 5×5 in-plane × 4 thick-slice window
 (slices k-1 .. k+2) and a bias per phase, i.e. one 3D convolution with f output channels on the folded grid,
 then unfolded. The weights are fitted by ordinary least squares (normal equations in float64, tiny ridge) on
-simulated training pairs (:func:`diffiqt.train.fit_linear_iqt`), so the filter learns the slice interpolation and the
+simulated training pairs (:func:`diffiqt.training.loop.fit_linear_iqt`), so the filter learns the slice interpolation and the
 low-field -> high-field contrast change together. They are buffers: saved in the state dict (safetensors
 checkpoints), not trained by gradient descent.
 """
@@ -118,7 +118,7 @@ class LinearIQT(DirectNet):
         seed: int | list[int] = 0,
     ) -> LinearIQT:
         """Least-squares fit on ``pairs``: objects with ``cond``, ``target`` and ``mask`` arrays [X, Y, Z] (slice
-        axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.data.Pair` turned so), or
+        axis last, thick-slice centres at Z = 0, f, ...; e.g. :class:`diffiqt.training.pairs.Pair` turned so), or
         (cond, target, mask) tuples. See :class:`NormalEquations`."""
         net = cls(factor, radius, before, after)
         equations = NormalEquations(net.factor, net.window, net.before)

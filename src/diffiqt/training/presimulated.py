@@ -4,9 +4,9 @@ A borrowed GPU machine may lack what simulation needs (torchio for augmentation,
 nibabel and nilearn for the bundled brains, scikit-learn) and has little time to
 spend on it. :func:`write_pairs_file` therefore runs the usual pipeline here -- a
 training source, augmented, simulated with a fresh SNR draw
-(:func:`diffiqt.data.make_pair`) -- crops each pair to its head and stores it; a
+(:func:`diffiqt.training.pairs.make_pair`) -- crops each pair to its head and stores it; a
 run with ``data.pairs_file`` reads the file with numpy, torch and safetensors
-alone and cuts its blocks from the stored pairs (:class:`diffiqt.data.StoredPairStream`).
+alone and cuts its blocks from the stored pairs (:class:`diffiqt.training.pairs.StoredPairStream`).
 
 Layout (safetensors: nothing is pickled)::
 
@@ -29,7 +29,7 @@ with the paper preset (measured), which fits the 64 MiB that may travel to a GPU
 machine with the rest of the working tree.
 
 Validation blocks are cut from a fresh, unaugmented simulation of each training
-source with its own seeds (:func:`diffiqt.data.validation_blocks`): never trained
+source with its own seeds (:func:`diffiqt.training.pairs.validation_blocks`): never trained
 on, but the same anatomy, so they show progress and fit rather than
 generalisation. ``data.val_sources`` is not used (and is recorded as empty): the
 presets' validation brain, Colin27, is held out for the model card and must never
@@ -49,16 +49,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from diffiqt import __version__
+from diffiqt.anatomy.brains import BrainSample
+from diffiqt.anatomy.brains import load_sources
 from diffiqt.config import DataConfig, TrainConfig
-from diffiqt.data import Pair, cropped, load_sources, make_pair, model_voxel_mm, trim_to_head, validation_blocks
-from diffiqt.datasets import BrainSample
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.io import atomic_write
+from diffiqt.imaging.io import atomic_write
+from diffiqt.training.pairs import Pair, cropped, make_pair, model_voxel_mm, trim_to_head, validation_blocks
 
 FORMAT = "diffiqt-pairs"  # the metadata key, and what marks a pairs file
 VERSION = 1
 HELD_OUT = ("colin27", "colin27-brain")  # bundled brains kept for the model card's held-out evaluation
-PAIR_STREAM = 4  # seed-stream id of the file's pairs; diffiqt.data's streams use 1 to 3
+PAIR_STREAM = 4  # seed-stream id of the file's pairs; diffiqt.training.pairs's streams use 1 to 3
 
 
 @dataclass

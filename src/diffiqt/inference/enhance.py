@@ -1,9 +1,9 @@
 """Whole-volume enhancement of a low-field scan: volume in, volume (and uncertainty) out.
 
 1. The scan (any orientation, thick slices) is resampled with cubic splines onto
-   the model's isotropic grid (:func:`diffiqt.resample.to_isotropic`): the same
+   the model's isotropic grid (:func:`diffiqt.imaging.resample.to_isotropic`): the same
    operation that made the training conditions.
-2. It is normalised by its own robust intensity (:func:`diffiqt.data.lf_scale`).
+2. It is normalised by its own robust intensity (:func:`diffiqt.preprocess.lf_scale`).
 3. Only the head is processed: the bounding box of the LF foreground plus a
    margin, grown to a multiple of the network's 32-voxel cell so that the
    cross-batch attention cells line up; the rest of the output is the
@@ -21,61 +21,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor, nn
 
-from diffiqt import data
-from diffiqt.config import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.io import Volume
-from diffiqt.resample import to_isotropic
-
-if TYPE_CHECKING:  # diffiqt.nets is imported when a model is loaded, not with this module
-    from diffiqt.nets.base import Network
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import to_isotropic
+from diffiqt.models.loading import Model
+from diffiqt.preprocess import denormalise, foreground, lf_scale, normalise
 
 HEAD_MARGIN_MM = 8.0
-DEFAULT_VOXEL_MM = 1.0  # the model grid of a checkpoint that does not record one (the MNI brain's 1 mm)
-
-
-@dataclass
-class Model:
-    """A network ready for enhancement and the grid it was trained on."""
-
-    net: Network
-    voxel_mm: float = DEFAULT_VOXEL_MM
-    description: str = ""
-    warning: str | None = None  # what a shipped model's card says users must know before trusting it
-    residual_sigma: float | None = None  # the Denoiser's preconditioning it was trained with
-    steps: int = DEFAULT_STEPS  # sampling steps the model is meant to be used with (its card's or training config's)
-    sampler: str = DEFAULT_SAMPLER  # likewise the sampler (a key of diffiqt.diffusion.SAMPLERS)
-
-    def denoiser(self) -> Denoiser:
-        """The network joined with the diffusion it was trained with."""
-        return Denoiser(self.net, self.residual_sigma)
-
-    @property
-    def cell(self) -> int:
-        """The network's patch size: the smallest side a scan may have on the model grid."""
-        return self.net.patch_size
-
-    @property
-    def slice_fold(self) -> int:
-        """> 1 for a network on the low-field grid: it takes the scan's slice axis last (see DiffusionIQTNet)."""
-        return self.net.slice_fold
-
-    def cell_shape(self, slice_axis: int) -> np.ndarray:
-        """Voxels per axis of the scan's model grid that the head box is aligned to (the net's cells, the
-        slice axis moved back to where the scan has it)."""
-        shape = list(self.net.cell_shape)
-        if self.slice_fold > 1:
-            shape.insert(slice_axis, shape.pop())
-        return np.array(shape)
 
 
 @dataclass
@@ -108,49 +67,15 @@ class EnhanceResult:
     info: dict
 
 
-def load_model(spec: str | Path) -> Model:
-    """A shipped model by name ('default' included), or the EMA weights of a checkpoint/run folder.
-
-    ``spec`` is resolved by :func:`diffiqt.pretrained.resolve_model`: shipped names win over relative
-    paths (``./default`` is the folder), and a Path is always a path.
-    """
-    from diffiqt import checkpoint
-    from diffiqt.pretrained import load_shipped, resolve_model
-
-    ref = resolve_model(spec)
-    if ref.name is not None:
-        net, card = load_shipped(ref.name)
-        return Model(
-            net,
-            float(card["voxel_mm"]),
-            f"shipped model {ref.name} (step {card.get('step')})",
-            card.get("warning"),
-            card.get("residual_sigma"),
-            int(card.get("sample_steps", DEFAULT_STEPS)),
-            str(card.get("sampler", DEFAULT_SAMPLER)),
-        )
-    meta = checkpoint.read_checkpoint(ref.path)
-    net, cfg = checkpoint.load_model(meta.folder)
-    voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
-    return Model(
-        net,
-        voxel_mm,
-        f"{meta.folder} (step {meta.step})",
-        residual_sigma=cfg.diffusion.residual_sigma,
-        steps=cfg.diffusion.sample_steps,
-        sampler=cfg.diffusion.sampler,
-    )
-
-
 def head_box(lf: np.ndarray, cell, margin: int, phase: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[lower, upper) voxel corners of the head's bounding box plus ``margin``, sides multiples of ``cell``
     (one number, or one per axis).
 
     ``phase`` (axis, step): the box starts on a multiple of ``step`` along ``axis``, where the scan's
-    thick slices lie on the model grid, as training blocks start (:func:`diffiqt.data.random_corner`).
+    thick slices lie on the model grid, as training blocks start (:func:`diffiqt.training.pairs.random_corner`).
     The box may reach outside the volume (that part is zero-padded).
     """
-    head = ndimage.binary_opening(data.foreground(lf), iterations=1)
+    head = ndimage.binary_opening(foreground(lf), iterations=1)
     if not head.any():
         raise InputError("no head found in the low-field scan (is it empty or pure noise?)")
     idx = np.argwhere(head)
@@ -269,7 +194,7 @@ def enhance(
             f"the scan is too small: {cond_volume.shape} voxels of {model.voxel_mm} mm; "
             f"every side must span at least one {model.cell}-voxel cell"
         )
-    scale = data.lf_scale(cond_volume.data)
+    scale = lf_scale(cond_volume.data)
     margin = int(round(HEAD_MARGIN_MM / model.voxel_mm))
     axis = slice_axis(lf)
     phase = None
@@ -278,7 +203,7 @@ def enhance(
         step = max(1, int(round(float(lf.voxel_size[axis]) / model.voxel_mm)))
         phase = (axis, step)
     lower, upper = head_box(cond_volume.data, model.cell_shape(axis), margin, phase)
-    box = extract(data.normalise(cond_volume.data, scale), lower, upper)
+    box = extract(normalise(cond_volume.data, scale), lower, upper)
     if model.slice_fold > 1:
         box = np.moveaxis(box, axis, -1)
     device = torch.device(options.device)
@@ -287,13 +212,13 @@ def enhance(
     samples = run_sampler(model, cond, options, on_step).float().cpu().numpy()[:, 0]
     if model.slice_fold > 1:
         samples = np.moveaxis(samples, -1, 1 + axis)
-    mean_box = data.denormalise(samples.mean(axis=0), scale)
+    mean_box = denormalise(samples.mean(axis=0), scale)
     mean = cond_volume.data.copy()
     insert(mean, mean_box, lower)
     std = None
     if options.samples > 1:
         std = np.zeros_like(mean)
-        insert(std, data.denormalise(samples.std(axis=0), scale), lower)
+        insert(std, denormalise(samples.std(axis=0), scale), lower)
     info = {
         "scale": scale,
         "box_lower": lower.tolist(),

@@ -12,7 +12,7 @@
 * ``fit`` (keys ``fit_psnr``, ``fit_ssim``) — MRI intensity units are arbitrary,
   so a prediction that is right up to a global gain and offset should not be
   penalised for it. One affine map per prediction, a·pred + b, is fitted to the
-  target by least squares over the mask voxels (:func:`affine_fit`); the mapped
+  target by least squares over the mask voxels (:func:`diffiqt.preprocess.affine_fit`); the mapped
   prediction is then scored exactly as ``strict`` scores (same fixed target
   range, clipped at 0, PSNR in the mask, SSIM on the mask's bounding box, both
   volumes zero outside the mask, where the map was not fitted; no MS-SSIM). It removes a gain and offset, nothing else: contrast between
@@ -25,7 +25,7 @@
   for a little noise; a noisy prediction gains a few tenths of a dB from it.
 
 Segmentation agreement: CSF/GM/WM labels of prediction and target by the same
-3-class Gaussian mixture (:mod:`diffiqt.tissues`) inside the target's brain
+3-class Gaussian mixture (:mod:`diffiqt.anatomy.tissues`) inside the target's brain
 mask; Dice per class and mean IoU. LPIPS needs pretrained 2D network weights,
 which are never downloaded: it is None unless the ``lpips`` package and its
 backbone weights are already on the machine.
@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from diffiqt.preprocess import affine_fit
 
 if TYPE_CHECKING:
     from sklearn.mixture import GaussianMixture
@@ -109,8 +111,8 @@ def tissue_labels(
     volume: np.ndarray, mask: np.ndarray, start: GaussianMixture | None = None
 ) -> tuple[np.ndarray, GaussianMixture]:
     """Hard CSF=1/GM=2/WM=3 labels (0 outside ``mask``) from the 3-class mixture, and the fitted mixture
-    (EM starts from the mixture ``start`` if given; see :func:`diffiqt.tissues.tissue_mixture`)."""
-    from diffiqt.tissues import tissue_mixture
+    (EM starts from the mixture ``start`` if given; see :func:`diffiqt.anatomy.tissues.tissue_mixture`)."""
+    from diffiqt.anatomy.tissues import tissue_mixture
 
     # Fitted to convergence, so that EM started from a volume's own mixture stays where it is.
     maps, mixture = tissue_mixture(volume, mask, seed=0, start=start, tol=1e-7)
@@ -167,16 +169,6 @@ def strict_protocol(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
         "ssim": ssim3d(p[box], t[box], 1.0),
         "ms_ssim": ms_ssim3d(p[box], t[box], 1.0),
     }
-
-
-def affine_fit(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Gain and offset (a, b) minimising the sum over ``mask`` of (a·pred + b - target)²."""
-    x, y = pred[mask].astype(np.float64), target[mask].astype(np.float64)
-    xc = x - x.mean()  # centred, so that a large common offset does not cost precision
-    spread = float(xc @ xc)
-    # A constant prediction fits any gain equally well; a = 0 then leaves the mean of the target.
-    gain = float(xc @ (y - y.mean())) / spread if spread > 0 else 0.0
-    return gain, float(y.mean() - gain * x.mean())
 
 
 def fit_protocol(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:

@@ -18,7 +18,7 @@ Bundled sources (nothing is downloaded at run time):
   licence BSD-3-Clause; the image is MNI's, freely redistributable). It is the
   only real *whole-head* 1 mm T1w found in the registries reachable offline, and
   real low-field scans are not skull-stripped. No tissue maps ship with it: they
-  are estimated on the skull-stripped copy (see :mod:`diffiqt.tissues`) and are
+  are estimated on the skull-stripped copy (see :mod:`diffiqt.anatomy.tissues`) and are
   zero outside the brain, so the simulator keeps the scalp's own intensity.
   ``make install`` installs the package where apt is available; without it these
   two are simply not offered.
@@ -26,6 +26,7 @@ Bundled sources (nothing is downloaded at run time):
 A user folder holds HF volumes (``*.nii``, ``*.nii.gz``, ``*.mgz``); tissue maps
 may lie beside a volume named as FSL FAST writes them:
 ``<stem>_pve_0.nii.gz`` (CSF), ``<stem>_pve_1.nii.gz`` (GM), ``<stem>_pve_2.nii.gz`` (WM).
+A source of brains is a bundled name, a file or a folder (:func:`load_sources`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.errors import InputError
-from diffiqt.io import IMAGE_SUFFIXES, Volume, has_image_suffix, load_volume
+from diffiqt.errors import ConfigError, InputError
+from diffiqt.imaging.io import IMAGE_SUFFIXES, Volume, has_image_suffix, load_volume
 
 TISSUES = ("gm", "wm", "csf")
 FAST_PVE_INDEX = {"csf": 0, "gm": 1, "wm": 2}
@@ -105,7 +106,7 @@ def _colin27_files() -> tuple[Path, Path]:
 
 
 def _colin27_brain_and_maps() -> tuple[Volume, np.ndarray, TissueMaps]:
-    from diffiqt.tissues import gmm_tissue_maps
+    from diffiqt.anatomy.tissues import gmm_tissue_maps
 
     _, brain_path = _colin27_files()
     brain = load_volume(brain_path)
@@ -264,3 +265,37 @@ def list_user_folder(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise InputError(f"{folder}: no NIfTI/MGZ files found")
     return files
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled(name: str) -> BrainSample:
+    """Bundled brains are read once per process (several runs in one process share them; none is modified)."""
+    return load_bundled(name)
+
+
+def load_sources(specs: list[str]) -> list[BrainSample]:
+    """Brains named by bundled name ('mni152'), file path or folder path."""
+    samples = []
+    for spec in specs:
+        path = Path(spec)
+        if spec in BUNDLED and not path.exists():
+            samples.append(_bundled(spec))
+        elif path.is_dir():
+            samples.extend(load_user_volume(p) for p in list_user_folder(path))
+        else:
+            samples.append(load_user_volume(path))
+    return samples
+
+
+def crop_sample(sample: BrainSample, lower, upper) -> BrainSample:
+    """The sub-volume [lower, upper) of a brain, its tissue maps and mask."""
+    lower, upper = np.maximum(np.asarray(lower, int), 0), np.minimum(np.asarray(upper, int), sample.t1.shape)
+    if np.any(upper <= lower):
+        raise ConfigError(
+            f"crop {lower.tolist()}..{upper.tolist()} is empty for {sample.name} of shape {sample.t1.shape}"
+        )
+    box = tuple(slice(a, b) for a, b in zip(lower, upper))
+    tissues = None
+    if sample.tissues is not None:
+        tissues = TissueMaps(**{k: v.crop(lower, upper) for k, v in sample.tissues.as_dict().items()})
+    return replace(sample, t1=sample.t1.crop(lower, upper), tissues=tissues, mask=sample.mask[box])

@@ -11,7 +11,7 @@ A checkpoint is a folder ``OUT/checkpoints/step_00001000/`` holding
 
 The folder is written under a temporary name and renamed into place, so a
 checkpoint is either complete or absent. Training randomness is counter-based
-(seeded from the seed, rank and step, see :mod:`diffiqt.train`), so no RNG
+(seeded from the seed, rank and step, see :mod:`diffiqt.training.loop`), so no RNG
 state needs saving beyond the seed and step.
 """
 
@@ -40,6 +40,7 @@ FORMAT = "diffiqt-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "step_"
+DEFAULT_VOXEL_MM = 1.0  # the model grid of a checkpoint that does not record one (the MNI brain's 1 mm)
 
 
 def build_network(network: dict) -> Network:

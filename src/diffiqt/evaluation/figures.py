@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from diffiqt.io import Volume, atomic_write  # noqa: E402
+from diffiqt.imaging.io import Volume, atomic_write  # noqa: E402
 
 VIEWS = ("axial", "coronal", "sagittal")
 

@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.datasets import TissueMaps, intensity_mask, looks_skull_stripped
+from diffiqt.anatomy.brains import TissueMaps, intensity_mask, looks_skull_stripped
+from diffiqt.anatomy.tissues import gmm_tissue_maps
 from diffiqt.errors import InputError
-from diffiqt.io import Volume
-from diffiqt.tissues import gmm_tissue_maps
+from diffiqt.imaging.io import Volume
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # 1 / 2.3548
 
@@ -42,7 +42,6 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # 1 / 2.3548
 T1W_SNR_MEAN = np.array([64.50, 54.14])
 T1W_SNR_COV = np.array([[78.47, 71.50], [71.50, 73.91]])
 
-AXIS_NAMES = {"sagittal": 0, "coronal": 1, "axial": 2}
 TISSUE_CORE = 0.9  # the "pure tissue" threshold of the contrast step
 
 
@@ -157,7 +156,7 @@ def resolve_tissues(hf: Volume, tissues: TissueMaps | None, seed: int = 0) -> tu
     if tissues is not None:
         return {k: v.data for k, v in tissues.as_dict().items()}, "given"
     mask = intensity_mask(hf.data, skull_stripped=looks_skull_stripped(hf.data))
-    return gmm_tissue_maps(hf.data, mask, seed=seed), "estimated: 3-class Gaussian mixture (diffiqt.tissues)"
+    return gmm_tissue_maps(hf.data, mask, seed=seed), "estimated: 3-class Gaussian mixture (diffiqt.anatomy.tissues)"
 
 
 def simulate_low_field(

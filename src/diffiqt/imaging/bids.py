@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from diffiqt.errors import ConfigError, InputError, OutputError
-from diffiqt.io import Volume
+from diffiqt.imaging.io import Volume
 
 DESCRIPTION = "dataset_description.json"
 BIDS_VERSION = "1.10.0"  # of the specification the derivatives are written to
@@ -266,7 +266,7 @@ def derivative_description(dataset: Dataset, out: Path, version: str, what: str)
 def write_description(dataset: Dataset, out: Path, version: str, what: str) -> Path | None:
     """Write the derivative's ``dataset_description.json`` unless it exists (then it is left as it is: a
     re-run changes nothing); its path if written."""
-    from diffiqt.io import save_json
+    from diffiqt.imaging.io import save_json
 
     file = out / DESCRIPTION
     return None if file.exists() else save_json(derivative_description(dataset, out, version, what), file)
@@ -275,7 +275,7 @@ def write_description(dataset: Dataset, out: Path, version: str, what: str) -> P
 def lowfield_geometry(volume: Volume, axis: int) -> dict:
     """The low-field grid as a sidecar records it: voxel size (mm, along the RAS+ axes i, j, k), the thick
     slices' axis (0 sagittal, 1 coronal, 2 axial) and their spacing (mm)."""
-    from diffiqt.simulate import AXIS_NAMES
+    from diffiqt.imaging.io import AXIS_NAMES
 
     size = [round(float(v), 6) for v in volume.voxel_size]
     names = {index: name for name, index in AXIS_NAMES.items()}

@@ -1,6 +1,6 @@
 """Several thick-slice scans of one subject (one session, any slice directions) fused into one volume.
 
-1. Each scan is enhanced on its own by the model (:func:`diffiqt.enhance.enhance`), which gives a
+1. Each scan is enhanced on its own by the model (:func:`diffiqt.inference.enhance.enhance`), which gives a
    ``voxel_mm`` volume on that scan's own isotropic grid.
 2. The common grid is the first scan's model grid (its field of view and axis directions).
 3. Optionally (``register``), each other enhanced volume is rigidly registered to the first one
@@ -31,13 +31,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.data import foreground
-from diffiqt.enhance import EnhanceOptions, Model, enhance, slice_axis
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.io import Volume
-from diffiqt.metrics import affine_fit
-from diffiqt.resample import resample, to_sitk
-from diffiqt.simulate import FWHM_TO_SIGMA
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import resample, to_sitk
+from diffiqt.inference.enhance import EnhanceOptions, enhance, slice_axis
+from diffiqt.models.loading import Model
+from diffiqt.preprocess import affine_fit
+from diffiqt.preprocess import foreground
+from diffiqt.simulation import FWHM_TO_SIGMA
 
 METHODS = ("fourier", "mean")
 BUTTERWORTH_ORDER = 4  # soft enough not to ring, steep enough to drop what a scan does not resolve

@@ -6,7 +6,7 @@ Every volume is held in RAS+ canonical orientation as float32 (see
 own orientation and header (qform/sform codes included).
 Outputs are written atomically: a temporary file in the target folder, then a rename.
 nibabel is imported only by the functions that read or write images, so that training
-from a pairs file (:mod:`diffiqt.presimulated`), which needs :class:`Volume` and
+from a pairs file (:mod:`diffiqt.training.presimulated`), which needs :class:`Volume` and
 :func:`save_json` alone, runs where nibabel is not installed.
 """
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import nibabel as nib
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
+AXIS_NAMES = {"sagittal": 0, "coronal": 1, "axial": 2}  # a RAS+ axis by the plane of the slices across it
 DEFLATE_MAX_RATIO = 1032  # deflate (gzip) never compresses more than this: a bound on what a .gz file can hold
 
 

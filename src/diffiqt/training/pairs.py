@@ -3,9 +3,9 @@
 Pipeline for one pair (:func:`make_pair`): a source brain (trimmed to its head
 plus a margin) -> torchio augmentation of the HF image and its tissue maps
 (random affine, sometimes an elastic deformation, bias field, gamma) -> the
-low-field simulator (:func:`diffiqt.simulate.simulate_low_field`, a fresh SNR
+low-field simulator (:func:`diffiqt.simulation.simulate_low_field`, a fresh SNR
 draw each time) -> LF resampled (cubic) onto the HF grid -> both normalised by
-the LF's robust intensity (:func:`lf_scale`). Spatial and intensity
+the LF's robust intensity (:func:`~diffiqt.preprocess.lf_scale`). Spatial and intensity
 augmentation happen before simulation, so HF and LF always match.
 
 A pair costs several seconds (simulation ~4 s on a trimmed 1 mm brain, torchio
@@ -24,85 +24,24 @@ batches b = lane (mod num_workers) and its own pool).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from diffiqt.anatomy.brains import BrainSample, TissueMaps, crop_sample, held_out_identity, load_sources
 from diffiqt.config import AugmentConfig, DataConfig
-from diffiqt.datasets import (
-    BUNDLED,
-    BrainSample,
-    TissueMaps,
-    list_user_folder,
-    load_bundled,
-    load_user_volume,
-    held_out_identity,
-)
 from diffiqt.errors import ConfigError
+from diffiqt.preprocess import foreground, lf_scale, normalise
 
 HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
-FOREGROUND_FRACTION = 0.1  # of the robust maximum: the head/background threshold of the LF
-SCALE_PERCENTILE = 99.0  # of the LF foreground: the intensity mapped to 1
 
 # Stream identifiers that keep the seeds of different kinds of draw apart.
 _PAIR, _BLOCKS, _VALIDATION = 1, 2, 3
 
 
-# ----------------------------------------------------------------------------- normalisation
-
-
-def foreground(lf: np.ndarray) -> np.ndarray:
-    """Head voxels of an LF volume: above 10% of its 99.5th percentile (bool, same shape)."""
-    return lf > FOREGROUND_FRACTION * np.percentile(lf, 99.5)
-
-
-def lf_scale(lf: np.ndarray) -> float:
-    """The 99th percentile of the LF inside its :func:`foreground`: computable at inference from the LF alone."""
-    head = lf[foreground(lf)]
-    if head.size == 0:
-        raise ConfigError("the low-field volume has no foreground (is it empty?)")
-    return float(np.percentile(head, SCALE_PERCENTILE))
-
-
-def normalise(x, scale: float):
-    """Divide by ``scale``: background stays 0 (what convolutions pad with), the LF's bright tissue ~1.
-
-    Works on numpy arrays and tensors of any shape. Both the HF target and the
-    LF condition are divided by the LF's :func:`lf_scale`.
-    """
-    return x / scale
-
-
-def denormalise(x, scale: float):
-    """Inverse of :func:`normalise`."""
-    return x * scale
-
-
 # ----------------------------------------------------------------------------- sources
-
-
-@functools.lru_cache(maxsize=4)
-def _bundled(name: str) -> BrainSample:
-    """Bundled brains are read once per process (several runs in one process share them; none is modified)."""
-    return load_bundled(name)
-
-
-def load_sources(specs: list[str]) -> list[BrainSample]:
-    """Brains named by bundled name ('mni152'), file path or folder path."""
-    samples = []
-    for spec in specs:
-        path = Path(spec)
-        if spec in BUNDLED and not path.exists():
-            samples.append(_bundled(spec))
-        elif path.is_dir():
-            samples.extend(load_user_volume(p) for p in list_user_folder(path))
-        else:
-            samples.append(load_user_volume(path))
-    return samples
 
 
 def checked_sources(spec: str) -> list[BrainSample]:
@@ -113,20 +52,6 @@ def checked_sources(spec: str) -> list[BrainSample]:
     for sample in samples:
         identity.check(spec, sample)
     return samples
-
-
-def crop_sample(sample: BrainSample, lower, upper) -> BrainSample:
-    """The sub-volume [lower, upper) of a brain, its tissue maps and mask."""
-    lower, upper = np.maximum(np.asarray(lower, int), 0), np.minimum(np.asarray(upper, int), sample.t1.shape)
-    if np.any(upper <= lower):
-        raise ConfigError(
-            f"crop {lower.tolist()}..{upper.tolist()} is empty for {sample.name} of shape {sample.t1.shape}"
-        )
-    box = tuple(slice(a, b) for a, b in zip(lower, upper))
-    tissues = None
-    if sample.tissues is not None:
-        tissues = TissueMaps(**{k: v.crop(lower, upper) for k, v in sample.tissues.as_dict().items()})
-    return replace(sample, t1=sample.t1.crop(lower, upper), tissues=tissues, mask=sample.mask[box])
 
 
 def trim_to_head(sample: BrainSample, margin: int = HEAD_MARGIN) -> BrainSample:
@@ -157,7 +82,7 @@ def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[Br
 def training_and_validation(cfg: DataConfig) -> tuple[list[BrainSample], list[BrainSample]]:
     """Load, crop and split the configured sources into training and validation brains.
 
-    A test brain (:data:`diffiqt.datasets.TEST_BRAINS`: by name, file, folder or voxel data) is refused as either.
+    A test brain (:data:`diffiqt.anatomy.brains.TEST_BRAINS`: by name, file, folder or voxel data) is refused as either.
     """
     train = []
     for index, spec in enumerate(cfg.sources):
@@ -194,7 +119,7 @@ class Pair:
 
     ``target`` and ``cond`` are float32 [X, Y, Z] in normalised units; ``mask``
     (bool [X, Y, Z]) is the LF foreground, where block centres are drawn;
-    ``scale`` is the :func:`lf_scale` used.
+    ``scale`` is the :func:`~diffiqt.preprocess.lf_scale` used.
     """
 
     target: np.ndarray
@@ -260,7 +185,7 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     With ``cfg.slice_block`` the pair is turned so that its slice axis is last (what a network on the
     low-field grid folds) and remembers where its thick slices lie.
     """
-    from diffiqt.simulate import LowFieldParams, simulate_low_field
+    from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     axis = cfg.lf_axis if cfg.lf_axis is not None else int(rng.integers(3))
     factor = float(rng.choice(cfg.lf_factors)) if cfg.lf_factors else cfg.lf_factor
@@ -389,7 +314,7 @@ class BlockStream(IterableDataset):
 class StoredPairStream(BlockStream):
     """:class:`BlockStream`'s batches, lanes and seeding, with blocks cut from pairs held in memory.
 
-    The pairs were simulated beforehand (:mod:`diffiqt.presimulated`), so nothing is
+    The pairs were simulated beforehand (:mod:`diffiqt.training.presimulated`), so nothing is
     simulated or augmented here except this: each block is mirrored left-right with
     probability 1/2. A mirrored brain is still a plausible brain and the simulator is
     mirror-symmetric, so this doubles the distinct blocks of a small file for free;

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffiqt.errors import ConfigError, InputError
-from diffiqt.io import atomic_write, save_json
+from diffiqt.imaging.io import atomic_write, save_json
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # diffiqt/weights/
 DEFAULT_MODEL = "default"  # resolved to the shipped model whose card says "default": true
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a model name: a plain file stem, never a path
 SEPARATORS = tuple(sep for sep in ("/", os.sep, os.altsep) if sep)
@@ -121,7 +121,7 @@ def resolve_model(spec: str | Path, folder: Path = WEIGHTS_DIR) -> ModelRef:
 
 def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
     """(network with the shipped weights in float32, card); the SHA-256 is checked first."""
-    from diffiqt.checkpoint import build_network, check_finite, check_fits
+    from diffiqt.models.checkpoint import build_network, check_finite, check_fits
 
     name, card = shipped_card(name, folder)
     weights = folder / f"{name}.safetensors"
@@ -181,8 +181,7 @@ def export_checkpoint(
     ``steps``, ``sampler``: what ``diffiqt enhance`` samples it with by default (None: its training config's).
     ``force``: replace an existing model of that name (never one of the installed package's).
     """
-    from diffiqt.checkpoint import read_checkpoint, read_tensors
-    from diffiqt.enhance import DEFAULT_VOXEL_MM
+    from diffiqt.models.checkpoint import DEFAULT_VOXEL_MM, read_checkpoint, read_tensors
 
     check_export_target(name, folder, default=default, force=force)
     if dtype not in ("float16", "float32"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from diffiqt.io import Volume
+from diffiqt.imaging.io import Volume
 
 
 def isotropic_grid(volume: Volume, voxel_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:

@@ -4,7 +4,7 @@ This is what ``diffiqt demo`` shows and what the model card's numbers come from.
 brain the shipped model never saw in training (Colin27, skull-stripped or whole head; see
 docs/model-card.md), degraded by the x8 low-field simulator with a fixed seed. The baseline is the
 model's own input: the thick-slice scan cubically interpolated onto the model grid. Both are scored on
-the high-field truth with the metrics of :mod:`diffiqt.metrics`, plus, for whole-head scans, the error
+the high-field truth with the metrics of :mod:`diffiqt.evaluation.metrics`, plus, for whole-head scans, the error
 between brain and scalp (where a model trained on skull-stripped brains could invent structure).
 """
 
@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from diffiqt.data import crop_sample, load_sources
-from diffiqt.enhance import EnhanceOptions, EnhanceResult, Model, enhance
+from diffiqt.anatomy.brains import crop_sample, load_sources
 from diffiqt.errors import InputError
-from diffiqt.io import Volume
-from diffiqt.resample import shared_extent, to_isotropic
-from diffiqt.simulate import LowFieldParams, simulate_low_field
+from diffiqt.imaging.io import Volume
+from diffiqt.imaging.resample import shared_extent, to_isotropic
+from diffiqt.inference.enhance import EnhanceOptions, EnhanceResult, enhance
+from diffiqt.models.loading import Model
+from diffiqt.simulation import LowFieldParams, simulate_low_field
 
 LF_FACTOR = 8  # the paper's slice-direction decimation
 
@@ -64,7 +65,7 @@ def held_out_case(
     region: int | None = None,
     slices_mm: tuple[float, float] | None = None,
 ) -> HeldOutCase:
-    """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.data.load_sources`)
+    """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.anatomy.brains.load_sources`)
     and its x8 scan along ``axis`` (or thick slices of ``slices_mm`` = (thickness, gap), e.g. (4, 1) for a
     clinical 5 mm spacing); optionally only the central ``slab_mm``-thick slab across the slice axis
     (a quicker demo) or the central ``region``³ cube (the CPU benchmark)."""
@@ -111,7 +112,7 @@ def head_motion(degrees: float, mm: float, centre: np.ndarray) -> np.ndarray:
 
 def moved(volume: Volume, motion: np.ndarray, order: int) -> Volume:
     """``volume``'s content moved by the world transform ``motion``, on the same grid."""
-    from diffiqt.resample import resample
+    from diffiqt.imaging.resample import resample
 
     return Volume(
         np.clip(
@@ -133,7 +134,7 @@ def multi_scan_case(
     """Brain ``name`` scanned x8 along each of ``axes`` (seed ``seed + i`` for scan i: independent noise
     and SNR draws); the scans of ``motion`` (index -> (degrees, mm), see :func:`head_motion`) are of the
     head moved after the first scan, their affines unchanged, as a scanner would record them."""
-    from diffiqt.datasets import TissueMaps
+    from diffiqt.anatomy.brains import TissueMaps
 
     if not axes or any(a not in (0, 1, 2) for a in axes):
         raise InputError(f"axes must be slice axes 0, 1 or 2 (got {axes})")
@@ -160,7 +161,7 @@ def multi_scan_case(
 def score(prediction: np.ndarray, case: HeldOutCase) -> dict[str, float | None]:
     """Metrics of a prediction on the model grid against the truth (both protocols, tissue agreement) and,
     for whole-head scans, the mean absolute error between brain and scalp in % of the brain's range."""
-    from diffiqt.metrics import evaluate
+    from diffiqt.evaluation.metrics import evaluate
 
     common = shared_extent(prediction.shape, case.hf.shape)
     pred, truth, brain, head = (a[common] for a in (prediction, case.hf.data, case.brain, case.head))

@@ -1,7 +1,7 @@
 """The training loop: diffusion models (paper's Algorithm 1) and supervised baselines alike.
 
-One process per device (``torchrun`` for several; see :mod:`diffiqt.distributed`).
-Each step draws ``batch_size`` blocks per process from :class:`diffiqt.data.BlockStream`,
+One process per device (``torchrun`` for several; see :mod:`diffiqt.training.distributed`).
+Each step draws ``batch_size`` blocks per process from :class:`diffiqt.training.pairs.BlockStream`,
 splits them into the network's layout (27 patches per block for cross-batch
 networks), and takes an AdamW step with gradient clipping; an EMA of the
 weights is kept for validation and inference.
@@ -30,9 +30,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffiqt import distributed as dist
-from diffiqt.distributed import resolve_device
-from diffiqt.checkpoint import (
+from diffiqt.anatomy.brains import BrainSample
+from diffiqt.config import (
+    DataConfig,
+    DiffusionConfig,
+    TrainConfig,
+    from_dict,
+    merge,
+    parse_assignment,
+    read_file,
+    validate,
+)
+from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
+from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
+from diffiqt.imaging.io import check_folder, save_json
+from diffiqt.models.checkpoint import (
     Checkpoint,
     build_network,
     check_finite,
@@ -44,19 +56,12 @@ from diffiqt.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from diffiqt.config import (
-    DataConfig,
-    DiffusionConfig,
-    TrainConfig,
-    from_dict,
-    merge,
-    parse_assignment,
-    read_file,
-    validate,
-)
-from diffiqt.data import (
-    FOREGROUND_FRACTION,
-    SCALE_PERCENTILE,
+from diffiqt.nets.base import Network
+from diffiqt.nets.linear_iqt import LinearIQT
+from diffiqt.preprocess import FOREGROUND_FRACTION, SCALE_PERCENTILE
+from diffiqt.training import distributed as dist
+from diffiqt.training.distributed import resolve_device
+from diffiqt.training.pairs import (
     BlockStream,
     Pair,
     StoredPairStream,
@@ -66,13 +71,7 @@ from diffiqt.data import (
     training_and_validation,
     validation_blocks,
 )
-from diffiqt.datasets import BrainSample
-from diffiqt.diffusion import SAMPLERS, Denoiser, diffusion_loss, reconstruction_loss
-from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
-from diffiqt.io import check_folder, save_json
-from diffiqt.nets.base import Network
-from diffiqt.nets.linear_iqt import LinearIQT
-from diffiqt.presimulated import read_pairs_file
+from diffiqt.training.presimulated import read_pairs_file
 
 PATCHES_PER_BLOCK = 27  # the 3x3x3 grid of the cross-batch mechanism
 LINEAR_IQT_STREAM = 7  # keeps the seeds of fit_linear_iqt's pairs apart from other streams
@@ -243,7 +242,7 @@ def validate_blocks(net: Network, blocks: dict, cfg: TrainConfig, layout: str, d
             else:
                 out = net(net_cond)
         predictions.append(from_layout(out.float(), layout).cpu())
-    from diffiqt import metrics
+    from diffiqt.evaluation import metrics
 
     target, mask = blocks["target"].numpy(), blocks["mask"].numpy()
     return {
@@ -429,7 +428,7 @@ def newest_sound_checkpoint(out: Path, cfg: TrainConfig, net: Network) -> tuple[
 def initial_weights(spec: str) -> tuple[dict[str, Tensor], dict, float | None]:
     """(EMA weights, network config, residual_sigma) of a run or checkpoint folder, or of a shipped model,
     resolved as ``diffiqt enhance --model`` resolves it: what a fine-tuning run (``init_from``) starts from."""
-    from diffiqt.enhance import load_model
+    from diffiqt.models.loading import load_model
 
     model = load_model(spec)
     return model.net.state_dict(), stored_config(model.net), model.residual_sigma
@@ -801,7 +800,7 @@ def integral_factor(cfg: DataConfig) -> int:
 
 
 def slice_last_pair(samples: list[BrainSample], cfg: DataConfig, seed_words: list[int], axis: int):
-    """One simulated pair (:func:`diffiqt.data.make_pair`, augmented if ``cfg`` says so) at slice axis ``axis``,
+    """One simulated pair (:func:`diffiqt.training.pairs.make_pair`, augmented if ``cfg`` says so) at slice axis ``axis``,
     turned so that the slice axis is last: (cond, target, mask), each [X, Y, Z].
 
     The simulator keeps HF slice 0 of the (trimmed) source along the axis as its first thick slice, so the

@@ -1,0 +1,1 @@
+"""Evaluation: image-quality metrics, held-out brains enhanced and scored, figures."""

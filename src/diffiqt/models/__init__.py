@@ -1,0 +1,1 @@
+"""Trained models: checkpoints, the models shipped in ``diffiqt/weights/``, and loading either for enhancement."""
