@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from diffiqt import nets
 from diffiqt.bench import measure, speed, tuning
-from diffiqt.bench.schemes import BLENDS, SlidingWindowDenoiser, seam_measure
+from diffiqt.bench.schemes import seam_measure
 from diffiqt.cli import app
 from diffiqt.diffusion import Denoiser, logsnr, sample_paper
 from diffiqt.errors import ConfigError
+from diffiqt.inference.tiling import BLENDS, SlidingWindowDenoiser
 from diffiqt.nets.blocks import mish
 from diffiqt.nets.crossbatch import block_to_patches, patches_to_block
 

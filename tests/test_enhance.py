@@ -12,7 +12,8 @@ from diffiqt import nets
 from diffiqt.anatomy.brains import TissueMaps
 from diffiqt.diffusion import Denoiser
 from diffiqt.errors import ConfigError
-from diffiqt.inference.enhance import ChunkedDenoiser, EnhanceOptions, chunk_size, enhance, extract, head_box, insert
+from diffiqt.inference.enhance import EnhanceOptions, enhance, extract, head_box, insert
+from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.simulation import LowFieldParams, simulate_low_field
 

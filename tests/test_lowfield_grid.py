@@ -13,7 +13,8 @@ from diffiqt.config import DataConfig, resolve, validate
 from diffiqt.diffusion import Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.resample import to_isotropic
-from diffiqt.inference.enhance import ChunkedDenoiser, EnhanceOptions, chunk_size, enhance, head_box, slice_axis
+from diffiqt.inference.enhance import EnhanceOptions, enhance, head_box, slice_axis
+from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.nets.crossbatch import fold_last_axis, unfold_last_axis
 from diffiqt.simulation import LowFieldParams, simulate_low_field

@@ -1,2 +1,2 @@
-"""Speed benchmarks: ``diffiqt bench-speed`` (:mod:`diffiqt.bench.speed`) and the reference patch scheme
-(:mod:`diffiqt.bench.schemes`) that whole-volume enhancement is measured against."""
+"""Benchmarks: ``diffiqt bench-speed`` (:mod:`diffiqt.bench.speed`: networks, and enhancement measured against
+the authors' sliding windows of :mod:`diffiqt.inference.tiling`) and ``diffiqt bench`` (:mod:`diffiqt.bench.compare`)."""

@@ -1,7 +1,7 @@
 """Enhancement of a real brain by the three schemes, each in a fresh process: time, peak memory, quality.
 
 (a) ``whole``: :func:`diffiqt.inference.enhance.enhance`, the head box as one tensor (cross-batch inference).
-(b) ``windows`` with blend "centre": the authors' scheme (:class:`~diffiqt.bench.schemes.SlidingWindowDenoiser`).
+(b) ``windows`` with blend "centre": the authors' scheme (:class:`~diffiqt.inference.tiling.SlidingWindowDenoiser`).
 (c) ``windows`` with a blend and several samples averaged.
 
 The input is the real MNI152 brain (or a central region of it) degraded by the x8 low-field simulator,
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from diffiqt.bench.measure import precision
-from diffiqt.bench.schemes import SlidingWindowDenoiser, sample_volume, seam_measure
+from diffiqt.bench.schemes import sample_volume, seam_measure
 from diffiqt.config import DEFAULT_SAMPLER
 from diffiqt.evaluation.heldout import central_box
 from diffiqt.imaging.io import Volume
 from diffiqt.imaging.resample import shared_extent, to_isotropic
 from diffiqt.inference.enhance import HEAD_MARGIN_MM, EnhanceOptions, enhance, extract, head_box, insert
+from diffiqt.inference.tiling import SlidingWindowDenoiser
 from diffiqt.models.loading import Model, load_model
 from diffiqt.preprocess import denormalise, lf_scale, normalise
 

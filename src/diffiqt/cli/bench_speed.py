@@ -65,11 +65,11 @@ def bench_speed(
 
     import torch
 
-    from diffiqt.bench.schemes import BLENDS
     from diffiqt.bench.speed import PARTS, BenchOptions, run
     from diffiqt.diffusion import SAMPLERS
     from diffiqt.errors import ConfigError, OutputError
     from diffiqt.imaging.io import atomic_write
+    from diffiqt.inference.tiling import BLENDS
 
     options = BenchOptions(
         presets=_names(presets),

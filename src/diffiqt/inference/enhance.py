@@ -10,9 +10,10 @@
    interpolated input. The box runs through the network *as one tensor* (the
    cross-batch mechanism makes this exact and seamless: no overlapping patches).
 4. If the box is larger than ``max_voxels``, every network evaluation is done
-   in chunks whose halo (>= the network's receptive field) makes the stitched
-   result equal to the whole-box evaluation; the sampler still sees the whole
-   box, so the randomness is the same either way.
+   in chunks (:class:`~diffiqt.inference.tiling.ChunkedDenoiser`) whose halo
+   (>= the network's receptive field) makes the stitched result equal to the
+   whole-box evaluation; the sampler still sees the whole box, so the
+   randomness is the same either way.
 5. ``samples`` trajectories run as one batch; their mean is the result and
    their per-voxel standard deviation the uncertainty map.
 """
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.io import Volume
 from diffiqt.imaging.resample import to_isotropic
+from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.preprocess import denormalise, foreground, lf_scale, normalise
 
@@ -112,53 +114,6 @@ def insert(array: np.ndarray, box: np.ndarray, lower: np.ndarray) -> None:
     array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))] = box[
         tuple(slice(a - lo, b - lo) for a, b, lo in zip(src_lo, src_hi, lower))
     ]
-
-
-class ChunkedDenoiser(nn.Module):
-    """A denoiser evaluated in cell-aligned chunks with a halo; equal to one whole evaluation.
-
-    The halo must be at least the network's receptive field (in voxels) so that
-    every kept voxel sees all it would see in the whole volume. Chunk corners
-    lie on the cell grid so the attention cells are the same cells.
-    """
-
-    def __init__(self, denoiser: Denoiser, chunk, halo: int, cell):
-        super().__init__()
-        self.denoiser = denoiser
-        self.chunk, self.cell = np.broadcast_to(chunk, 3), np.broadcast_to(cell, 3)  # per axis
-        self.halo = -(-halo // self.cell) * self.cell
-
-    def forward(self, cond: Tensor, x_t: Tensor, t, **kw) -> Tensor:
-        out = torch.empty_like(x_t)
-        shape = x_t.shape[2:]
-        for lower in np.ndindex(*[-(-n // c) for n, c in zip(shape, self.chunk)]):
-            lo = np.array(lower) * self.chunk
-            hi = np.minimum(lo + self.chunk, shape)
-            read_lo, read_hi = np.maximum(lo - self.halo, 0), np.minimum(hi + self.halo, shape)
-            read = (slice(None), slice(None), *[slice(a, b) for a, b in zip(read_lo, read_hi)])
-            result = self.denoiser(cond[read], x_t[read], t, **kw)
-            keep = (slice(None), slice(None), *[slice(a - r, b - r) for a, b, r in zip(lo, hi, read_lo)])
-            out[(slice(None), slice(None), *[slice(a, b) for a, b in zip(lo, hi)])] = result[keep]
-        return out
-
-
-def chunk_size(box: tuple[int, ...], max_voxels: int | None, cell) -> np.ndarray | None:
-    """Chunk edges per axis, multiples of ``cell`` (one number or one per axis), as near a cube as fits
-    ``max_voxels``; None if the box fits whole."""
-    if max_voxels is None or int(np.prod(box)) <= max_voxels:
-        return None
-    cell = np.broadcast_to(np.asarray(cell, dtype=np.int64), 3)
-    if int(np.prod(cell)) > max_voxels:
-        raise ConfigError(f"max_voxels={max_voxels} is smaller than one {'x'.join(map(str, cell))} cell")
-    edge = cell.copy()
-    while True:  # grow the shortest edge by one cell while the chunk still fits and is smaller than the box
-        growable = [
-            a for a in range(3) if edge[a] < box[a] and np.prod(edge) // edge[a] * (edge[a] + cell[a]) <= max_voxels
-        ]
-        if not growable:
-            return edge
-        axis = min(growable, key=lambda a: edge[a])
-        edge[axis] += cell[axis]
 
 
 def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Callable[[int], None] | None) -> Tensor:
