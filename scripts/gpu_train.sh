@@ -2,7 +2,8 @@
 # Train the reference model on one NVIDIA GPU from a pre-simulated pairs file for a fixed wall-clock time,
 # and leave in OUT_DIR what a borrowed machine can hand back (at most 8 files of 16 MiB): the EMA weights
 # as shards, the checkpoint's config (checkpoint.json), train.csv and val.csv. Back home:
-# `diffiqt join-checkpoint OUT_DIR --out runs/NAME`, then `diffiqt export-model runs/NAME --name NAME --default`.
+# `python scripts/checkpoint_shards.py join OUT_DIR --out runs/NAME`, then
+# `diffiqt export-model runs/NAME --name NAME --default`.
 #
 #   scripts/gpu_train.sh PAIRS OUT_DIR                        # paper preset, 8.5 min of training, bf16 on CUDA
 #   scripts/gpu_train.sh PAIRS OUT_DIR --minutes 5 --set optim.lr=2e-4
@@ -46,7 +47,7 @@ if [[ $device == cuda* ]]; then
 fi
 "$PYTHON" -c "import diffiqt" 2>/dev/null || export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 # A missing module fails here, in seconds, rather than after the run.
-"$PYTHON" -c "import torch, numpy, scipy, safetensors, typer, rich, diffiqt.cli, diffiqt.training.loop, diffiqt.transfer"
+"$PYTHON" -c "import torch, numpy, scipy, safetensors, typer, rich, diffiqt.cli, diffiqt.training.loop, diffiqt.models.checkpoint"
 run_dir=${run_dir:-$(mktemp -d)/run}
 mkdir -p "$out_dir"
 
@@ -62,7 +63,7 @@ for log in train.csv val.csv; do
     if [[ -f $run_dir/$log ]]; then cp "$run_dir/$log" "$out_dir/"; fi
 done
 if compgen -G "$run_dir/checkpoints/step_*" >/dev/null; then
-    "$PYTHON" -m diffiqt split-checkpoint "$run_dir" --out "$out_dir"
+    "$PYTHON" "$root/scripts/checkpoint_shards.py" split "$run_dir" --out "$out_dir"
 fi
 if [[ -f $run_dir/train.csv ]]; then
     echo "== train.csv (last rows)"

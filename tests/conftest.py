@@ -1,11 +1,16 @@
-"""Shared fixtures: the real MNI152 brain (loaded once) and a CLI runner."""
+"""Shared fixtures: the real MNI152 brain (loaded once), a CLI runner, and the scripts of scripts/ as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture
@@ -61,3 +66,12 @@ def run_cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
         sys.argv = argv
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` imported as a module (the scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,5 @@
 """Training on a borrowed GPU: the pre-simulated pairs file, training from it without the simulator's
-dependencies, the time budget, the checkpoint's shards, and scripts/gpu_train.sh rehearsed on the CPU."""
+dependencies, the time budget, the checkpoint's shards (scripts/checkpoint_shards.py), and scripts/gpu_train.sh rehearsed on the CPU."""
 
 import json
 import os
@@ -15,16 +15,16 @@ from safetensors.numpy import save_file
 
 import tiny_net
 from tiny_net import TINY_TRAINING
-from conftest import run_cli
+from conftest import SCRIPTS, load_script
 from diffiqt import config as configs
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.models import checkpoint as ck
 from diffiqt.training.loop import resume_config, train
 from diffiqt.training.pairs import StoredPairStream, make_pair
 from diffiqt.training.presimulated import PAIR_STREAM, crop_to_head, read_pairs_file, training_sources, write_pairs_file
-from diffiqt.transfer import join_checkpoint, split_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+checkpoint_shards = load_script("checkpoint_shards")
 HEAVY = ("nibabel", "nilearn", "torchio", "sklearn", "matplotlib", "pytorch_msssim")
 # A 64x120x64 crop of the MNI brain, 24³ blocks, augmented (no elastic deformation: it is slow), random slice axis.
 TINY_DATA = (
@@ -129,7 +129,9 @@ from diffiqt.cli import app
 app(["train", "--preset", "paper", "--out", {str(run)!r}, "--device", "cpu", "--no-progress", "--steps", "2",
      "--set", "data.pairs_file={pairs_file}", "--set", "data.block_size=24", "--set", {TINY_REAL_NET!r},
      "--set", "data.num_workers=0", "--set", "val_every=2", "--set", "diffusion.sample_steps=2"], standalone_mode=False)
-app(["split-checkpoint", {str(run)!r}, "--out", {str(out)!r}], standalone_mode=False)
+sys.path.insert(0, {str(SCRIPTS)!r})
+import checkpoint_shards
+assert checkpoint_shards.main(["split", {str(run)!r}, "--out", {str(out)!r}]) == 0
 """
     done = subprocess.run(
         [sys.executable, "-c", program],
@@ -190,19 +192,23 @@ def test_checkpoint_shards_join_back_exactly_or_in_float16(tmp_path, pairs_file,
     ema = ck.read_tensors(ck.find_checkpoint(run) / "ema.safetensors")
     sizes_mib = [v.numel() * v.element_size() / 2**20 for v in ema.values()]
     size_mib = sum(sizes_mib)
-    written = split_checkpoint(run, tmp_path / "out", shard_mib=max(sizes_mib), max_shards=len(ema))
+    written = checkpoint_shards.split_checkpoint(run, tmp_path / "out", shard_mib=max(sizes_mib), max_shards=len(ema))
     shards = [p for p in written if p.name.startswith("ema-")]
     assert len(shards) > 1 and all(p.stat().st_size < max(sizes_mib) * 2**20 + 4096 for p in shards)
-    joined = join_checkpoint(tmp_path / "out", tmp_path / "back")
+    joined = checkpoint_shards.join_checkpoint(tmp_path / "out", tmp_path / "back")
     net, _ = ck.load_model(tmp_path / "back")
     assert all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
     assert ck.read_checkpoint(joined).step == 2 and "optimizer" not in ck.read_checkpoint(joined).meta
     # Over the total: float16 shards instead, half the size.
-    split_checkpoint(run, tmp_path / "half", shard_mib=size_mib, max_shards=1, total_mib=0.75 * size_mib)
-    net, _ = ck.load_model(join_checkpoint(tmp_path / "half", tmp_path / "back16"))
+    checkpoint_shards.split_checkpoint(
+        run, tmp_path / "half", shard_mib=size_mib, max_shards=1, total_mib=0.75 * size_mib
+    )
+    net, _ = ck.load_model(checkpoint_shards.join_checkpoint(tmp_path / "half", tmp_path / "back16"))
     assert all(torch.allclose(net.state_dict()[k], v, atol=1e-3) for k, v in ema.items())
     with pytest.raises(ConfigError, match="do not fit"):
-        split_checkpoint(run, tmp_path / "none", shard_mib=size_mib, max_shards=1, total_mib=0.1 * size_mib)
+        checkpoint_shards.split_checkpoint(
+            run, tmp_path / "none", shard_mib=size_mib, max_shards=1, total_mib=0.1 * size_mib
+        )
 
 
 # ----------------------------------------------------------------------------- the script
@@ -247,7 +253,12 @@ def test_gpu_train_script_rehearses_end_to_end_on_the_cpu(tmp_path, pairs_file):
         "train.csv",
         "val.csv",
     ]
-    joined = run_cli("join-checkpoint", out, "--out", tmp_path / "back")
+    joined = subprocess.run(
+        [sys.executable, str(SCRIPTS / "checkpoint_shards.py"), "join", str(out), "--out", str(tmp_path / "back")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert joined.returncode == 0, joined.stderr
     net, cfg = ck.load_model(tmp_path / "back")
     assert cfg.data.pairs_file == str(pairs_file) and cfg.network.overrides["condition_skip"]

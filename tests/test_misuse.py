@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from conftest import run_cli_in_process as _cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -224,11 +225,15 @@ def test_export_model_never_replaces_a_shipped_model_and_replaces_an_export_only
 
 
 def test_join_checkpoint_never_writes_into_an_existing_run(capsys, tmp_path, data):
-    from diffiqt.transfer import split_checkpoint
-
-    split_checkpoint(data["checkpoint"], tmp_path / "shards")
+    """scripts/checkpoint_shards.py join: one line on stderr, exit status 2, nothing changed."""
+    shards = load_script("checkpoint_shards")
+    shards.split_checkpoint(data["checkpoint"], tmp_path / "shards")
     run = _copy(data["run"], tmp_path / "run")
-    _refused(capsys, tmp_path, "already holds a run", "join-checkpoint", tmp_path / "shards", "--out", run)
+    before = _tree(tmp_path)
+    assert shards.main(["join", str(tmp_path / "shards"), "--out", str(run)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already holds a run" in lines[0], lines
+    assert _tree(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------- 3. model substitution

@@ -21,7 +21,7 @@ from diffiqt.cli import models as _models  # noqa: F401
 from diffiqt.cli import demo as _demo  # noqa: F401
 from diffiqt.cli import enhance as _enhance  # noqa: F401
 from diffiqt.cli import evaluate as _evaluate  # noqa: F401
-from diffiqt.cli import gpu as _gpu  # noqa: F401
+from diffiqt.cli import simulate_pairs as _simulate_pairs  # noqa: F401
 from diffiqt.cli import simulate as _simulate  # noqa: F401
 from diffiqt.cli import train as _train  # noqa: F401
 from diffiqt.errors import DiffiqtError

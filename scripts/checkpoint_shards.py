@@ -1,25 +1,31 @@
 """A checkpoint's EMA weights through a channel that takes few, small files: shards out, a run folder back.
 
-A borrowed GPU machine hands back at most 8 files of at most 16 MiB each, 64 MiB
-in all, while the paper network's weights alone are 56.5 MiB in float32.
-:func:`split_checkpoint` writes the EMA weights of a checkpoint (what enhancement
-and ``diffiqt export-model`` use) as safetensors shards beside the checkpoint's
-``config.json``: in float32 when they fit the limits, else in float16 (what
-export-model ships by default anyway). :func:`join_checkpoint` turns the shards
-back into a run folder with one checkpoint. The raw weights and the optimizer
-state stay behind, so that checkpoint can be used and exported, not resumed.
+    python scripts/checkpoint_shards.py split RUN_OR_CHECKPOINT --out DIR     # on the machine that trained
+    python scripts/checkpoint_shards.py join DIR --out RUN_DIR                # back here
+
+An optional helper for one development setup, not part of diffiqt: a borrowed GPU machine hands back at
+most 8 files of at most 16 MiB each, 64 MiB in all, while the paper network's weights alone are 56.5 MiB
+in float32. ``split`` (:func:`split_checkpoint`) writes the EMA weights of a checkpoint (what
+enhancement and ``diffiqt export-model`` use) as safetensors shards beside the checkpoint's
+``config.json``: in float32 when they fit the limits, else in float16 (what export-model ships by
+default anyway). ``join`` (:func:`join_checkpoint`) turns the shards back into a run folder with one
+checkpoint, which ``diffiqt enhance --model`` and ``diffiqt export-model`` read. The raw weights and the
+optimizer state stay behind, so that checkpoint can be used and exported, not resumed.
+scripts/gpu_train.sh calls ``split``; see docs/training.md ("Optional: training on a GPU ...").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from diffiqt.errors import ConfigError, InputError, OutputError
+from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
 from diffiqt.models.checkpoint import (
     CHECKPOINT_DIR,
     build_network,
@@ -104,7 +110,7 @@ def join_checkpoint(folder: str | Path, run_dir: str | Path) -> Path:
     if held is not None:
         raise OutputError(f"{run_dir}: already holds a run ({held}); join into a new folder")
     if not (folder / CONFIG_NAME).is_file():
-        raise InputError(f"{folder}: no {CONFIG_NAME}; give the folder split-checkpoint wrote")
+        raise InputError(f"{folder}: no {CONFIG_NAME}; give the folder that split wrote")
     meta = json.loads((folder / CONFIG_NAME).read_text())
     shards = sorted(folder.glob(SHARD_GLOB))
     counts = {path.stem.rsplit("-of-", 1)[1] for path in shards}
@@ -127,3 +133,48 @@ def join_checkpoint(folder: str | Path, run_dir: str | Path) -> Path:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, run_dir / name)
     return save_checkpoint(run_dir, int(meta["step"]), carried, net, net, optimizer=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The two subcommands; a user error is one line on stderr and exit status 2 (as diffiqt's commands)."""
+    parser = argparse.ArgumentParser(
+        prog="checkpoint_shards.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    split = commands.add_parser(
+        "split",
+        help="write a checkpoint's EMA weights as a few small files (float32 if they fit, else float16)",
+        description="Write a checkpoint's EMA weights as a few small files (float32 if they fit, else float16). "
+        "The defaults fit what a borrowed GPU machine hands back (8 files of 16 MiB, 64 MiB in all) "
+        "with room for checkpoint.json, train.csv and val.csv.",
+    )
+    split.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    split.add_argument("-o", "--out", type=Path, required=True, help="folder for the shards and checkpoint.json")
+    split.add_argument("--shard-mib", type=float, default=15.0, help="largest shard in MiB (default: 15)")
+    split.add_argument("--max-shards", type=int, default=5, help="most shards (default: 5)")
+    split.add_argument("--total-mib", type=float, default=60.0, help="most MiB of shards in all (default: 60)")
+    join = commands.add_parser(
+        "join",
+        help="turn split's files back into a run folder",
+        description="Turn split's files back into a run folder that enhance --model and export-model read, e.g. "
+        "`join gpu_out/ --out runs/gpu-paper`, then `diffiqt export-model runs/gpu-paper --name paper-gpu --default`.",
+    )
+    join.add_argument("folder", type=Path, help="the folder split wrote (shards and checkpoint.json)")
+    join.add_argument("-o", "--out", type=Path, required=True, help="run folder to create the checkpoint in")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "split":
+            for path in split_checkpoint(args.checkpoint, args.out, args.shard_mib, args.max_shards, args.total_mib):
+                print(path)
+        else:
+            print(join_checkpoint(args.folder, args.out))
+    except DiffiqtError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,7 @@
-"""Training on a borrowed GPU machine: ``diffiqt simulate-pairs``, ``split-checkpoint`` and ``join-checkpoint``.
+"""``diffiqt simulate-pairs``: training pairs simulated once into a file, for a machine without the simulator.
 
-The machine may lack the simulator's dependencies and hands back only a few small
-files; see docs/training.md, "Training on a GPU with a pre-simulated pairs file",
-and scripts/gpu_train.sh.
+A borrowed GPU machine may lack the simulator's dependencies; see docs/training.md, "Optional: training
+on a GPU with a pre-simulated pairs file", and scripts/gpu_train.sh.
 """
 
 from __future__ import annotations
@@ -50,39 +49,3 @@ def simulate_pairs(
         f"{out}: {len(meta['pairs'])} pairs and {meta['val_blocks']} validation blocks of "
         f"{meta['block_size']}³ from {', '.join(meta['sources'])}, {out.stat().st_size / 1e6:.1f} MB"
     )
-
-
-# An optional helper for machines that hand back only a few small files; hidden from the command list.
-@app.command("split-checkpoint", hidden=True)
-def split_checkpoint(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a run folder (its newest checkpoint)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Folder for the shards and checkpoint.json."),
-    shard_mib: float = typer.Option(15.0, help="Largest shard in MiB."),
-    max_shards: int = typer.Option(5, help="Most shards."),
-    total_mib: float = typer.Option(60.0, help="Most MiB of shards in all."),
-) -> None:
-    """Write a checkpoint's EMA weights as a few small files (float32 if they fit, else float16).
-
-    The defaults fit what a borrowed GPU machine hands back (8 files of 16 MiB, 64 MiB
-    in all) with room for checkpoint.json, train.csv and val.csv.
-    """
-    from diffiqt.transfer import split_checkpoint as split
-
-    for path in split(checkpoint, out, shard_mib, max_shards, total_mib):
-        typer.echo(str(path))
-
-
-@app.command("join-checkpoint", hidden=True)  # split-checkpoint's counterpart
-def join_checkpoint(
-    folder: Path = typer.Argument(..., help="The folder split-checkpoint wrote (shards and checkpoint.json)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Run folder to create the checkpoint in."),
-) -> None:
-    """Turn split-checkpoint's files back into a run folder that enhance --model and export-model read.
-
-    Example:\n
-      diffiqt join-checkpoint gpu_out/ --out runs/gpu-paper\n
-      diffiqt export-model runs/gpu-paper --name paper-gpu --default
-    """
-    from diffiqt.transfer import join_checkpoint as join
-
-    typer.echo(str(join(folder, out)))
