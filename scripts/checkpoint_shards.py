@@ -28,8 +28,8 @@ from safetensors.torch import save_file
 from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
 from diffiqt.models.checkpoint import (
     CHECKPOINT_DIR,
-    build_network,
     check_fits,
+    network_from_config,
     read_checkpoint,
     read_tensors,
     save_checkpoint,
@@ -119,7 +119,7 @@ def join_checkpoint(folder: str | Path, run_dir: str | Path) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     for path in shards:
         tensors.update(read_tensors(path))
-    net = build_network(meta["network"])
+    net = network_from_config(meta["network"])
     check_fits(net, tensors, str(folder))
     net.load_state_dict(tensors)  # back in float32, whatever the shards held
     carried = {k: v for k, v in meta.items() if k not in ("format", "version", "step", "optimizer")}

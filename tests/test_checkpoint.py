@@ -41,11 +41,11 @@ def test_round_trip_restores_weights_ema_and_optimizer_exactly(tmp_path):
         "model.safetensors",
         "optimizer.safetensors",
     ]
-    loaded, cfg = ck.load_model(tmp_path, weights="model")
+    loaded, cfg = ck.load_network(tmp_path, weights="model")
     assert isinstance(cfg, TrainConfig) and not loaded.training
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
-    loaded_ema, _ = ck.load_model(folder)  # EMA weights by default
+    loaded_ema, _ = ck.load_network(folder)  # EMA weights by default
     for a, b in zip(loaded_ema.state_dict().values(), ema.state_dict().values()):
         assert torch.equal(a, b)
     fresh = tiny_net.TinyDiffusionNet(4)
@@ -64,7 +64,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
         raise AssertionError("torch.load must not be used")
 
     monkeypatch.setattr(torch, "load", refuse)
-    ck.load_model(tmp_path)
+    ck.load_network(tmp_path)
     meta = json.loads((ck.find_checkpoint(tmp_path) / "config.json").read_text())
     assert meta["format"] == ck.FORMAT and meta["step"] == 7
 
@@ -105,7 +105,7 @@ def test_corrupt_weights_are_a_one_line_input_error(tmp_path):
     folder, _ = _save(tmp_path)
     (folder / "ema.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(InputError, match="corrupt") as err:
-        ck.load_model(folder)
+        ck.load_network(folder)
     assert "\n" not in str(err.value)
 
 
@@ -114,16 +114,16 @@ def test_corrupt_metadata_is_an_input_error(tmp_path, text):
     folder, _ = _save(tmp_path)
     (folder / "config.json").write_text(text)
     with pytest.raises(InputError):
-        ck.load_model(folder)
+        ck.load_network(folder)
 
 
 def test_missing_files_and_folders_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="neither a checkpoint"):
-        ck.load_model(tmp_path)
+        ck.load_network(tmp_path)
     folder, _ = _save(tmp_path)
     (folder / "ema.safetensors").unlink()
     with pytest.raises(InputError, match="missing"):
-        ck.load_model(folder)
+        ck.load_network(folder)
 
 
 def test_weights_that_do_not_fit_the_configured_network_are_a_config_error(tmp_path):
@@ -132,7 +132,7 @@ def test_weights_that_do_not_fit_the_configured_network_are_a_config_error(tmp_p
     meta["network"]["width"] = 6
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="do not fit network 'tiny'") as err:
-        ck.load_model(folder)
+        ck.load_network(folder)
     assert "\n" not in str(err.value)
 
 
@@ -142,7 +142,7 @@ def test_unknown_network_in_a_checkpoint_is_a_config_error(tmp_path):
     meta["network"] = {"name": "no-such-net"}
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="no-such-net"):
-        ck.load_model(folder)
+        ck.load_network(folder)
 
 
 def test_prune_keeps_the_newest_and_removes_leftovers(tmp_path):

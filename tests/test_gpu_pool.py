@@ -160,7 +160,7 @@ def test_time_budget_stops_cleanly_with_a_final_checkpoint(tmp_path, pairs_file,
     assert 0 < result.step < 1_000_000
     assert result.checkpoint == ck.list_checkpoints(tmp_path / "run")[-1]
     assert ck.read_checkpoint(tmp_path / "run").step == result.step
-    ck.load_model(tmp_path / "run")  # complete: config and weights load
+    ck.load_network(tmp_path / "run")  # complete: config and weights load
     assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no partial checkpoint left behind
     train_rows = (tmp_path / "run" / "train.csv").read_text().splitlines()
     val_rows = (tmp_path / "run" / "val.csv").read_text().splitlines()
@@ -196,14 +196,14 @@ def test_checkpoint_shards_join_back_exactly_or_in_float16(tmp_path, pairs_file,
     shards = [p for p in written if p.name.startswith("ema-")]
     assert len(shards) > 1 and all(p.stat().st_size < max(sizes_mib) * 2**20 + 4096 for p in shards)
     joined = checkpoint_shards.join_checkpoint(tmp_path / "out", tmp_path / "back")
-    net, _ = ck.load_model(tmp_path / "back")
+    net, _ = ck.load_network(tmp_path / "back")
     assert all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
     assert ck.read_checkpoint(joined).step == 2 and "optimizer" not in ck.read_checkpoint(joined).meta
     # Over the total: float16 shards instead, half the size.
     checkpoint_shards.split_checkpoint(
         run, tmp_path / "half", shard_mib=size_mib, max_shards=1, total_mib=0.75 * size_mib
     )
-    net, _ = ck.load_model(checkpoint_shards.join_checkpoint(tmp_path / "half", tmp_path / "back16"))
+    net, _ = ck.load_network(checkpoint_shards.join_checkpoint(tmp_path / "half", tmp_path / "back16"))
     assert all(torch.allclose(net.state_dict()[k], v, atol=1e-3) for k, v in ema.items())
     with pytest.raises(ConfigError, match="do not fit"):
         checkpoint_shards.split_checkpoint(
@@ -260,7 +260,7 @@ def test_gpu_train_script_rehearses_end_to_end_on_the_cpu(tmp_path, pairs_file):
         timeout=120,
     )
     assert joined.returncode == 0, joined.stderr
-    net, cfg = ck.load_model(tmp_path / "back")
+    net, cfg = ck.load_network(tmp_path / "back")
     assert cfg.data.pairs_file == str(pairs_file) and cfg.network.overrides["condition_skip"]
     assert (tmp_path / "back" / "val.csv").read_text() == (out / "val.csv").read_text()
 

@@ -146,7 +146,7 @@ def test_nan_weights_are_refused_when_a_checkpoint_loads(tmp_path):
     broken = {k: torch.full_like(v, float("nan")) for k, v in tensors(folder, "ema").items()}
     save_file(broken, str(folder / "ema.safetensors"))
     with pytest.raises(InputError, match="ema.safetensors: .* tensors hold NaN or Inf"):
-        ck.load_model(run)
+        ck.load_network(run)
 
 
 # ----------------------------------------------------------------------------- training: stopped, locked, corrupt

@@ -177,7 +177,7 @@ def test_small_network_trains_in_the_patch_layout_and_reloads(tmp_path):
     assert configs.validate(cfg).data.layout == "auto"
     result = train(cfg, run, progress=False)
     assert result.step == 2
-    net, saved = ck.load_model(run)
+    net, saved = ck.load_network(run)
     assert net.name == "small" and net.cross_batch and net.patch_size == 8 and saved.network.name == "small"
     meta = json.loads((ck.find_checkpoint(run) / "config.json").read_text())
     assert meta["network"]["patch_size"] == 8 and meta["voxel_mm"] == 1.0

@@ -107,7 +107,7 @@ def training_seconds(run_dir: Path) -> float:
     return total + last
 
 
-def score(model, scans: list[HeldOutCase], budget: Budget, device: str) -> tuple[dict, dict]:
+def score_model(model, scans: list[HeldOutCase], budget: Budget, device: str) -> tuple[dict, dict]:
     """({scan: [metrics of each sampler seed]}, {scan: the prediction of seed 0 on the model grid})."""
     import time
 
@@ -128,7 +128,7 @@ def score(model, scans: list[HeldOutCase], budget: Budget, device: str) -> tuple
 
 
 def score_peer(network: str, scans: list[HeldOutCase], voxel_mm: float) -> tuple[dict, dict]:
-    """:func:`score` for a classical peer (:mod:`diffiqt.bench.peers`): one deterministic prediction a scan."""
+    """:func:`score_model` for a classical peer (:mod:`diffiqt.bench.peers`): one deterministic prediction a scan."""
     import time
 
     from diffiqt.bench.peers import interpolate
@@ -200,7 +200,7 @@ def bench_method(
     if model is None:
         rows, predictions = score_peer(network, scans, DEFAULT_VOXEL_MM)
     else:
-        rows, predictions = score(model, scans, budget, str(resolve_device(budget.device)))
+        rows, predictions = score_model(model, scans, budget, str(resolve_device(budget.device)))
     for name, prediction in predictions.items():
         save_volume(prediction, paths[name])
     return {**entry, "scans": rows}

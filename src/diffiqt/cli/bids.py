@@ -152,7 +152,7 @@ def all_done(plan: Plan, what: str) -> None:
         raise InputError(f"{len(plan.problems)} of {plan.total} T1w scans were not processed (see above)")
 
 
-def run(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> None:
+def run_jobs(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> None:
     """Stage 3: ``work(job, index, bar)`` for every job, a failure reported and passed over.
 
     The derivative's description (``what`` the pipeline did) is written with the first finished scan
@@ -201,7 +201,7 @@ def enhance_dataset(
         return all_done(work, "enhancement")
     model = load_model(ref.name if ref.name is not None else ref.path)
     options = replace(options, steps=options.steps_for(model))
-    run(
+    run_jobs(
         work,
         "enhancement",
         lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(work.jobs)})", model, ref, options, bar),
@@ -284,7 +284,7 @@ def simulate_dataset(
         finally:
             bar.advance(task[0])
 
-    run(work, "low-field simulation", simulate_scan)
+    run_jobs(work, "low-field simulation", simulate_scan)
 
 
 def _simulate_scan(job: Job, params: ParamsFor, seed: int, upsample: bool) -> None:

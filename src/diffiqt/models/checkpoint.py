@@ -43,8 +43,9 @@ PREFIX = "step_"
 DEFAULT_VOXEL_MM = 1.0  # the model grid of a checkpoint that does not record one (the MNI brain's 1 mm)
 
 
-def build_network(network: dict) -> Network:
-    """``diffiqt.nets.build_network(**network)``; unknown names or arguments are a ConfigError."""
+def network_from_config(network: dict) -> Network:
+    """A network from its stored config (``{"name": ..., **overrides}``, as checkpoints and model cards hold it):
+    ``diffiqt.nets.build_network(**network)``, with unknown names or arguments a ConfigError."""
     from diffiqt import nets
 
     network = dict(network)
@@ -241,7 +242,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(folder, meta)
 
 
-def load_model(
+def load_network(
     path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
 ) -> tuple[Network, TrainConfig]:
     """(network in eval mode, its training config) from a checkpoint or run folder.
@@ -251,6 +252,6 @@ def load_model(
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
     ckpt = read_checkpoint(path)
-    net = build_network(ckpt.meta["network"])
+    net = network_from_config(ckpt.meta["network"])
     load_weights(net, ckpt.folder / f"{weights}.safetensors")
     return net.to(device).eval(), ckpt.config

@@ -15,8 +15,7 @@ import numpy as np
 
 from diffiqt.config import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffiqt.diffusion import Denoiser
-from diffiqt.models import checkpoint
-from diffiqt.models.checkpoint import DEFAULT_VOXEL_MM
+from diffiqt.models.checkpoint import DEFAULT_VOXEL_MM, load_network, read_checkpoint
 from diffiqt.models.shipped import load_shipped, resolve_model
 
 if TYPE_CHECKING:  # diffiqt.nets is imported when a model is loaded, not with this module
@@ -76,8 +75,8 @@ def load_model(spec: str | Path) -> Model:
             int(card.get("sample_steps", DEFAULT_STEPS)),
             str(card.get("sampler", DEFAULT_SAMPLER)),
         )
-    meta = checkpoint.read_checkpoint(ref.path)
-    net, cfg = checkpoint.load_model(meta.folder)
+    meta = read_checkpoint(ref.path)
+    net, cfg = load_network(meta.folder)
     voxel_mm = float(meta.meta.get("voxel_mm", DEFAULT_VOXEL_MM))
     return Model(
         net,

@@ -121,7 +121,7 @@ def resolve_model(spec: str | Path, folder: Path = WEIGHTS_DIR) -> ModelRef:
 
 def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
     """(network with the shipped weights in float32, card); the SHA-256 is checked first."""
-    from diffiqt.models.checkpoint import build_network, check_finite, check_fits
+    from diffiqt.models.checkpoint import check_finite, check_fits, network_from_config
 
     name, card = shipped_card(name, folder)
     weights = folder / f"{name}.safetensors"
@@ -130,7 +130,7 @@ def load_shipped(name: str, folder: Path = WEIGHTS_DIR):
     if sha256(weights) != card["sha256"]:
         raise InputError(f"{weights}: SHA-256 does not match its card; the file is corrupt or was changed")
     tensors = {k: v.float() for k, v in load_file(str(weights), device="cpu").items()}
-    net = build_network(card["network"])
+    net = network_from_config(card["network"])
     check_fits(net, tensors, str(weights))
     check_finite(tensors, str(weights))
     net.load_state_dict(tensors)

@@ -46,10 +46,10 @@ from diffiqt.errors import ConfigError, DiffiqtError, InputError, OutputError
 from diffiqt.imaging.io import check_folder, save_json
 from diffiqt.models.checkpoint import (
     Checkpoint,
-    build_network,
     check_finite,
     check_fits,
     list_checkpoints,
+    network_from_config,
     prune_checkpoints,
     read_checkpoint,
     read_tensors,
@@ -467,7 +467,7 @@ class Trainer:
         dist.init(self.device.type)
         self.rank, self.world = dist.rank(), dist.world_size()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.net = build_network({"name": cfg.network.name, **cfg.network.overrides}).to(self.device)
+        self.net = network_from_config({"name": cfg.network.name, **cfg.network.overrides}).to(self.device)
         if not any(p.requires_grad for p in self.net.parameters()):
             raise ConfigError(f"network {cfg.network.name!r} has no trainable weights; nothing to train")
         self.layout = resolve_layout(self.net, cfg)

@@ -86,7 +86,7 @@ def training_sources(cfg: DataConfig) -> list[BrainSample]:
     return [trim_to_head(cropped(s, cfg)) for s in load_sources(cfg.sources)]
 
 
-def head_box(mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+def head_crop_box(mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """[lower, upper) of the mask's bounding box, grown inside the volume to at least one block.
 
     Outside it lies background only; blocks centred near its edge are shifted
@@ -98,7 +98,7 @@ def head_box(mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def crop_to_head(pair: Pair, block: int) -> Pair:
-    box = tuple(slice(int(a), int(b)) for a, b in zip(*head_box(pair.mask, block)))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(*head_crop_box(pair.mask, block)))
     return Pair(pair.target[box], pair.cond[box], pair.mask[box], pair.scale)
 
 
