@@ -5,7 +5,7 @@
 
 Each case simulates a thick-slice scan of Colin27 (never used in training or validation) with a fixed
 seed, enhances it and scores it against the truth under the three metric protocols of
-:mod:`diffiqt.metrics` (strict, fit, paper), beside two baselines on the same scan: cubic interpolation
+:mod:`diffiqt.evaluation.metrics` (strict, fit, paper), beside two baselines on the same scan: cubic interpolation
 (the model's own input) and linear IQT (:mod:`diffiqt.nets.linear_iqt`, a per-slice-phase least-squares filter
 fitted here on the model's training brains, ``--train-sources``). Prints a Markdown table with the
 machine, date and load average, writes the scores as JSON and montages as PNG. Not a test.
@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
+from diffiqt.anatomy.brains import load_sources
 from diffiqt.bench.measure import cpu_name, load_average
 from diffiqt.cli.demo import demo_montage
 from diffiqt.config import AugmentConfig, DataConfig
-from diffiqt.data import load_sources, trim_to_head
-from diffiqt.enhance import EnhanceOptions, Model, enhance, load_model
-from diffiqt.heldout import held_out_case, run_held_out, score
-from diffiqt.train import fit_linear_iqt
+from diffiqt.evaluation.heldout import held_out_case, run_held_out, score
+from diffiqt.inference.enhance import EnhanceOptions, enhance
+from diffiqt.models.loading import Model, load_model
+from diffiqt.training.loop import fit_linear_iqt
+from diffiqt.training.pairs import trim_to_head
 
 AXES = {0: "sagittal", 1: "coronal", 2: "axial"}
 LINEAR_IQT_PAIRS = 16
