@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import isotropic_grid, onto_shape, shared_extent, to_isotropic
+from diffiqt.imaging.resample import isotropic_grid, mask_extent, onto_shape, shared_extent, to_isotropic
 from diffiqt.simulation import LowFieldParams, simulate_low_field
 
 
@@ -42,3 +43,12 @@ def test_shared_extent_and_onto_shape_align_grids_at_voxel_zero():
     assert placed.shape == (4, 3, 4)
     np.testing.assert_array_equal(placed[:2, :, :4], values[:, :, :4])  # shared part kept in place
     assert not placed[2:].any()  # missing part padded with zeros
+
+
+def test_mask_extent_is_the_half_open_bounding_box_and_refuses_an_empty_mask():
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1:3, 2:7, 4] = True
+    lower, upper = mask_extent(mask)
+    assert lower.tolist() == [1, 2, 4] and upper.tolist() == [3, 7, 5]
+    with pytest.raises(ValueError, match="empty"):
+        mask_extent(np.zeros((2, 2, 2), bool))

@@ -19,7 +19,7 @@ import numpy as np
 from diffiqt.anatomy.brains import crop_sample, load_sources
 from diffiqt.errors import InputError
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import shared_extent, to_isotropic
+from diffiqt.imaging.resample import mask_extent, shared_extent, to_isotropic
 from diffiqt.inference.enhance import EnhanceOptions, EnhanceResult, enhance
 from diffiqt.models.loading import Model
 from diffiqt.simulation import LowFieldParams, simulate_low_field
@@ -50,8 +50,8 @@ def _slab_box(mask: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, np.nd
 
 def central_box(mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
     """[lower, upper) of an ``edge``³ cube centred on the mask's bounding box, inside the volume."""
-    idx = np.argwhere(mask)
-    centre = (idx.min(axis=0) + idx.max(axis=0) + 1) // 2
+    lower, upper = mask_extent(mask)
+    centre = (lower + upper) // 2
     lower = np.clip(centre - edge // 2, 0, np.maximum(np.array(mask.shape) - edge, 0))
     return lower, np.minimum(lower + edge, mask.shape)
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from diffiqt.imaging.resample import mask_extent
 from diffiqt.preprocess import affine_fit
 
 if TYPE_CHECKING:
@@ -102,8 +103,7 @@ def min_max(volume: np.ndarray) -> np.ndarray:
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    lo, hi = mask_extent(mask)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 

@@ -43,6 +43,14 @@ def to_isotropic(volume: Volume, voxel_mm: float, order: int = 3) -> Volume:
     return resample(volume, affine, shape, order=order)
 
 
+def mask_extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[lower, upper) voxel corners of the bounding box of a non-empty mask (the one place it is computed)."""
+    where = np.argwhere(mask)
+    if not len(where):
+        raise ValueError("the mask is empty: it has no bounding box")
+    return where.min(axis=0), where.max(axis=0) + 1
+
+
 def shared_extent(*shapes: tuple[int, ...]) -> tuple[slice, ...]:
     """Index of the extent common to arrays whose grids share voxel 0 and spacing but not their length, such
     as the model grid of a thick-slice scan (a slice or two longer or shorter) and the high-field grid."""

@@ -31,7 +31,7 @@ from torch import Tensor
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import to_isotropic
+from diffiqt.imaging.resample import mask_extent, to_isotropic
 from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.preprocess import denormalise, foreground, lf_scale, normalise
@@ -80,8 +80,8 @@ def head_box(lf: np.ndarray, cell, margin: int, phase: tuple[int, int] | None = 
     head = ndimage.binary_opening(foreground(lf), iterations=1)
     if not head.any():
         raise InputError("no head found in the low-field scan (is it empty or pure noise?)")
-    idx = np.argwhere(head)
-    lower, upper = idx.min(axis=0) - margin, idx.max(axis=0) + 1 + margin
+    lower, upper = mask_extent(head)
+    lower, upper = lower - margin, upper + margin
     lower, upper = np.maximum(lower, 0), np.minimum(upper, lf.shape)
     size = -(-(upper - lower) // cell) * cell
     centre = (lower + upper) // 2

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from diffiqt.anatomy.brains import BrainSample, TissueMaps, crop_sample, held_out_identity, load_sources
 from diffiqt.config import AugmentConfig, DataConfig
 from diffiqt.errors import ConfigError
+from diffiqt.imaging.resample import mask_extent
 from diffiqt.preprocess import foreground, lf_scale, normalise
 
 HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
@@ -58,8 +59,8 @@ def trim_to_head(sample: BrainSample, margin: int = HEAD_MARGIN) -> BrainSample:
     """Crop to the mask's bounding box plus ``margin`` voxels: less work per simulation."""
     if not sample.mask.any():
         raise ConfigError(f"{sample.name}: the head mask is empty")
-    where = np.argwhere(sample.mask)
-    return crop_sample(sample, where.min(0) - margin, where.max(0) + 1 + margin)
+    lower, upper = mask_extent(sample.mask)
+    return crop_sample(sample, lower - margin, upper + margin)
 
 
 def split_anterior(sample: BrainSample, fraction: float, block: int) -> tuple[BrainSample, BrainSample]:

@@ -54,6 +54,7 @@ from diffiqt.anatomy.brains import load_sources
 from diffiqt.config import DataConfig, TrainConfig
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.io import atomic_write
+from diffiqt.imaging.resample import mask_extent
 from diffiqt.training.pairs import Pair, cropped, make_pair, model_voxel_mm, trim_to_head, validation_blocks
 
 FORMAT = "diffiqt-pairs"  # the metadata key, and what marks a pairs file
@@ -92,9 +93,9 @@ def head_crop_box(mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]
     Outside it lies background only; blocks centred near its edge are shifted
     inwards, as they are at the edge of any volume.
     """
-    where = np.argwhere(mask)
-    lower = np.minimum(where.min(axis=0), np.array(mask.shape) - block)
-    return lower, np.maximum(where.max(axis=0) + 1, lower + block)
+    lower, upper = mask_extent(mask)
+    lower = np.minimum(lower, np.array(mask.shape) - block)
+    return lower, np.maximum(upper, lower + block)
 
 
 def crop_to_head(pair: Pair, block: int) -> Pair:
