@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from diffiqt.anatomy.brains import crop_sample, load_sources
+from diffiqt.anatomy.brains import TissueMaps, crop_sample, load_sources
 from diffiqt.errors import InputError
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import mask_extent, shared_extent, to_isotropic
+from diffiqt.imaging.resample import mask_extent, resample, shared_extent, to_isotropic
 from diffiqt.inference.enhance import EnhanceOptions, EnhanceResult, enhance
 from diffiqt.models.loading import Model
 from diffiqt.simulation import LowFieldParams, simulate_low_field
@@ -112,8 +112,6 @@ def head_motion(degrees: float, mm: float, centre: np.ndarray) -> np.ndarray:
 
 def moved(volume: Volume, motion: np.ndarray, order: int) -> Volume:
     """``volume``'s content moved by the world transform ``motion``, on the same grid."""
-    from diffiqt.imaging.resample import resample
-
     return Volume(
         np.clip(
             resample(Volume(volume.data, motion @ volume.affine), volume.affine, volume.shape, order=order).data,
@@ -134,8 +132,6 @@ def multi_scan_case(
     """Brain ``name`` scanned x8 along each of ``axes`` (seed ``seed + i`` for scan i: independent noise
     and SNR draws); the scans of ``motion`` (index -> (degrees, mm), see :func:`head_motion`) are of the
     head moved after the first scan, their affines unchanged, as a scanner would record them."""
-    from diffiqt.anatomy.brains import TissueMaps
-
     if not axes or any(a not in (0, 1, 2) for a in axes):
         raise InputError(f"axes must be slice axes 0, 1 or 2 (got {axes})")
     motion = dict(motion or {})
