@@ -13,7 +13,7 @@ from diffiqt.config import DataConfig, resolve, validate
 from diffiqt.diffusion import Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.resample import to_isotropic
-from diffiqt.inference.enhance import EnhanceOptions, enhance, head_box, slice_axis
+from diffiqt.inference.enhance import EnhanceOptions, enhance, head_box, model_grid_mm, slice_axis
 from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.nets.crossbatch import fold_last_axis, unfold_last_axis
@@ -133,6 +133,39 @@ def test_enhance_turns_the_slice_axis_last_for_a_folded_network_and_back(mni):
     expected = np.repeat(cond[inside][::4], 4, axis=0)[: out[inside].shape[0]]
     # the output along the scan's own slice axis (0) repeats each thick slice: it was folded along axis 0
     np.testing.assert_allclose(out[inside], expected, rtol=1e-5, atol=1e-4 * np.abs(cond).max())
+
+
+def test_a_folded_network_gets_fold_voxels_per_thick_slice_whatever_the_spacing(mni):
+    """A 6 mm scan for a fold-4 network runs on 1.5 mm voxels along its slice axis, thick slices on the
+    folded cells' phase 0, and comes back on the 1 mm isotropic grid."""
+    lower, upper = (60, 70, 50), (124, 134, 130)
+    hf = mni.t1.crop(lower, upper)
+    maps = TissueMaps(**{k: v.crop(lower, upper) for k, v in mni.tissues.as_dict().items()})
+    params = LowFieldParams(thickness_mm=4.5, gap_mm=1.5, axis=0, snr_wm=1e6, snr_gm=1e6)  # 6 mm sagittal
+    lf = simulate_low_field(hf, maps, params, np.random.default_rng(0), upsample=False).lf
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        needs_time, slice_fold, patch_size, cell_shape, receptive_field = True, 4, 8, (8, 8, 32), 0
+
+        def forward(self, x, logsnr, layout="volume"):
+            seen.append(x[0, 0].clone())
+            return x[:, :1]
+
+    model = Model(Recorder(), voxel_mm=1.0, steps=1)
+    np.testing.assert_allclose(model_grid_mm(lf, model), [1.5, 1.0, 1.0])
+    result = enhance(lf, model, EnhanceOptions())
+    assert result.info["network_grid_mm"] == [1.5, 1.0, 1.0]
+    assert result.info["box_lower"][0] % 4 == 0
+    grid = to_isotropic(lf, np.array([1.5, 1.0, 1.0]))
+    np.testing.assert_allclose(grid.data[::4], lf.data, rtol=1e-4, atol=1e-3 * lf.data.max())  # slices on phase 0
+    assert seen[0].shape[-1] % 32 == 0  # the slice axis went last, in whole cells
+    iso = to_isotropic(lf, 1.0)
+    assert result.mean.shape == iso.shape and np.allclose(result.mean.affine, iso.affine)
+    head = iso.data > 0.2 * iso.data.max()
+    error = np.abs(result.mean.data - iso.data)[head].mean() / iso.data[head].mean()
+    assert error < 0.02  # an identity network gives back the interpolated scan
+    assert model_grid_mm(to_isotropic(lf, 1.0), model).tolist() == [1.0, 1.0, 1.0]  # no thick slices: isotropic
 
 
 def test_head_box_can_start_on_the_slice_phase():

@@ -16,8 +16,9 @@ from scipy import ndimage
 from diffiqt.imaging.io import Volume
 
 
-def isotropic_grid(volume: Volume, voxel_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The affine and shape of the ``voxel_mm`` grid covering ``volume``'s field of view."""
+def isotropic_grid(volume: Volume, voxel_mm: float | np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The affine and shape of the ``voxel_mm`` grid covering ``volume``'s field of view (``voxel_mm``: one
+    size, or one per axis of ``volume``)."""
     scale = voxel_mm / volume.voxel_size  # new spacing in units of the old one, per axis
     affine = volume.affine.copy()
     affine[:3, :3] = volume.affine[:3, :3] * scale
@@ -35,8 +36,9 @@ def resample(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], or
     return Volume(data.astype(np.float32), affine)
 
 
-def to_isotropic(volume: Volume, voxel_mm: float, order: int = 3) -> Volume:
-    """``volume`` resampled onto its isotropic ``voxel_mm`` grid (see :func:`isotropic_grid`)."""
+def to_isotropic(volume: Volume, voxel_mm: float | np.ndarray, order: int = 3) -> Volume:
+    """``volume`` resampled onto its isotropic ``voxel_mm`` grid (see :func:`isotropic_grid`; with one size per
+    axis the grid keeps the same axes and start, but is no longer isotropic)."""
     affine, shape = isotropic_grid(volume, voxel_mm)
     if shape == volume.shape and np.allclose(affine, volume.affine):
         return volume

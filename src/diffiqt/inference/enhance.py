@@ -2,7 +2,10 @@
 
 1. The scan (any orientation, thick slices) is resampled with cubic splines onto
    the model's isotropic grid (:func:`diffiqt.imaging.resample.to_isotropic`): the same
-   operation that made the training conditions.
+   operation that made the training conditions. A network on the low-field grid (``slice_fold`` f)
+   instead gets a grid with exactly f voxels per thick slice along the slice axis
+   (:func:`model_grid_mm`), the geometry it was trained on at x f, whatever the scan's slice
+   spacing; its output is resampled to the isotropic grid at the end.
 2. It is normalised by its own robust intensity (:func:`diffiqt.preprocess.lf_scale`).
 3. Only the head is processed: the bounding box of the LF foreground plus a
    margin, grown to a multiple of the network's 32-voxel cell so that the
@@ -31,7 +34,7 @@ from torch import Tensor
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import mask_extent, to_isotropic
+from diffiqt.imaging.resample import mask_extent, resample, to_isotropic
 from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.preprocess import denormalise, foreground, lf_scale, normalise
@@ -116,6 +119,24 @@ def insert(array: np.ndarray, box: np.ndarray, lower: np.ndarray) -> None:
     ]
 
 
+def model_grid_mm(lf: Volume, model: Model) -> np.ndarray:
+    """Voxel size per axis of the grid the network runs on: the model's ``voxel_mm``, except along the
+    thick-slice axis of a network on the low-field grid, which gets ``slice_fold`` voxels per slice spacing.
+
+    Such a network folds the f voxels under each thick slice into channels, so it expects every thick
+    slice f voxels from the next (x8 of 1 mm: 1 mm voxels). A 5 mm scan is therefore run on 0.625 mm
+    voxels along its slice axis rather than on 1 mm voxels, where its thick slices would fall on
+    changing positions within the folded cells. Scans without thick slices (spacing under twice the
+    model's voxel) stay isotropic.
+    """
+    grid = np.full(3, model.voxel_mm)
+    axis = slice_axis(lf)
+    spacing = float(lf.voxel_size[axis])
+    if model.slice_fold > 1 and spacing >= 2 * model.voxel_mm:
+        grid[axis] = spacing / model.slice_fold
+    return grid
+
+
 def run_sampler(model: Model, cond: Tensor, options: EnhanceOptions, on_step: Callable[[int], None] | None) -> Tensor:
     """``options.samples`` trajectories of the sampler on one condition box [1, 1, D, H, W] -> [S, 1, D, H, W]
     (the box in the network's orientation: the slice axis last for a network on the low-field grid)."""
@@ -143,10 +164,12 @@ def enhance(
 ) -> EnhanceResult:
     """Enhance one low-field scan; see the module docstring. ``on_step(i)`` reports sampler progress."""
     options = options or EnhanceOptions()
-    cond_volume = to_isotropic(lf, model.voxel_mm)
+    output_grid = to_isotropic(lf, model.voxel_mm)
+    grid_mm = model_grid_mm(lf, model)
+    cond_volume = to_isotropic(lf, grid_mm)  # per-axis sizes: isotropic unless the net folds slices
     if min(cond_volume.shape) < model.cell:
         raise InputError(
-            f"the scan is too small: {cond_volume.shape} voxels of {model.voxel_mm} mm; "
+            f"the scan is too small: {output_grid.shape} voxels of {model.voxel_mm} mm; "
             f"every side must span at least one {model.cell}-voxel cell"
         )
     scale = lf_scale(cond_volume.data)
@@ -154,8 +177,8 @@ def enhance(
     axis = slice_axis(lf)
     phase = None
     if model.slice_fold > 1:
-        # Thick slices lie every spacing / voxel_mm voxels of the model grid, the first at voxel 0.
-        step = max(1, int(round(float(lf.voxel_size[axis]) / model.voxel_mm)))
+        # Thick slices lie every spacing / grid voxels of the model grid, the first at voxel 0.
+        step = max(1, int(round(float(lf.voxel_size[axis]) / grid_mm[axis])))
         phase = (axis, step)
     lower, upper = head_box(cond_volume.data, model.cell_shape(axis), margin, phase)
     box = extract(normalise(cond_volume.data, scale), lower, upper)
@@ -167,13 +190,14 @@ def enhance(
     samples = run_sampler(model, cond, options, on_step).float().cpu().numpy()[:, 0]
     if model.slice_fold > 1:
         samples = np.moveaxis(samples, -1, 1 + axis)
-    mean_box = denormalise(samples.mean(axis=0), scale)
     mean = cond_volume.data.copy()
-    insert(mean, mean_box, lower)
-    std = None
+    insert(mean, denormalise(samples.mean(axis=0), scale), lower)
+    mean_volume = onto_grid(cond_volume.with_data(mean), output_grid)
+    std_volume = None
     if options.samples > 1:
         std = np.zeros_like(mean)
         insert(std, denormalise(samples.std(axis=0), scale), lower)
+        std_volume = onto_grid(cond_volume.with_data(std), output_grid, nonnegative=True)
     info = {
         "scale": scale,
         "box_lower": lower.tolist(),
@@ -184,5 +208,14 @@ def enhance(
         "samples": options.samples,
         "seed": options.seed,
         "voxel_mm": model.voxel_mm,
+        "network_grid_mm": grid_mm.tolist(),
     }
-    return EnhanceResult(cond_volume.with_data(mean), cond_volume.with_data(std) if std is not None else None, info)
+    return EnhanceResult(mean_volume, std_volume, info)
+
+
+def onto_grid(volume: Volume, grid: Volume, nonnegative: bool = False) -> Volume:
+    """``volume`` (the network's grid) resampled onto ``grid``'s (the output's isotropic one) if they differ."""
+    if volume.shape == grid.shape and np.allclose(volume.affine, grid.affine):
+        return volume
+    out = resample(volume, grid.affine, grid.shape)
+    return out.with_data(np.maximum(out.data, 0.0)) if nonnegative else out
