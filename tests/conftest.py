@@ -1,8 +1,11 @@
-"""Shared fixtures: the real MNI152 brain (loaded once), a CLI runner, and the scripts of scripts/ as modules."""
+"""Shared fixtures: the real MNI152 brain (loaded once), CLI and torchrun runners, and the scripts of scripts/ as
+modules."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +69,32 @@ def run_cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
         sys.argv = argv
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
+
+
+def run_torchrun(script: Path, *args, processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` in ``processes`` CPU processes through torchrun (one torch thread each, on a free
+    local port) and its captured output."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *map(str, args),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load_script(name: str) -> ModuleType:

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli_in_process as cli
+from conftest import run_torchrun
 
 from diffiqt.imaging import bids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+BIDS_WORKER = Path(__file__).parent / "bids_worker.py"
 SCANS = (
     "sub-01/anat/sub-01_T1w.nii.gz",
     "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
@@ -197,6 +199,42 @@ def test_simulate_makes_a_lowfield_derivative_that_enhance_takes(capsys, tmp_pat
     )
     link = json.loads((enhanced / bids.DESCRIPTION).read_text())["DatasetLinks"]["input"]
     assert (enhanced / link).resolve() == lowfield.resolve()
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def test_torchrun_splits_the_scans_and_rank_0_alone_reports_the_plan(tmp_path, volumes):
+    """Two CPU processes: each scan enhanced once, by one of them; a bad file name reported once, counted by
+    rank 0 (of its 3 scans: the bad one and its 2 jobs); rank 0's error exit stops no work of rank 1."""
+    raw = make_dataset(tmp_path / "raw", volumes["lf"])
+    (raw / "sub-01" / "anat" / "sub-01_run-x_y_T1w.nii.gz").write_bytes(b"")
+    out = raw / "derivatives" / "diffiqt"
+    log = tmp_path / "log"
+    log.mkdir()
+    result = run_torchrun(BIDS_WORKER, log, "enhance", raw, "-o", out, "--model", volumes["checkpoint"])
+    assert result.returncode != 0  # rank 0 exited with status 2
+    enhanced = [(log / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert enhanced[0] and enhanced[1] and sorted(enhanced[0] + enhanced[1]) == sorted(SCANS), result.stderr
+    assert files(out) == sorted([bids.DESCRIPTION] + [name for scan in SCANS for name in enhanced_names(scan, 1)])
+    assert json.loads((out / bids.DESCRIPTION).read_text())["DatasetType"] == "derivative"
+    assert result.stderr.count("not a BIDS file name") == 1, result.stderr
+    assert result.stderr.count("1 of 3 T1w scans were not processed") == 1, result.stderr
+
+
+def test_a_stray_rank_in_the_environment_leaves_one_process_that_enhances_every_scan(
+    capsys, monkeypatch, tmp_path, volumes
+):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # what torchrun would have set too
+        monkeypatch.delenv(name, raising=False)
+    raw = make_dataset(tmp_path / "raw", volumes["lf"])
+    result = cli(capsys, "enhance", raw, "-o", tmp_path / "out", "--model", volumes["checkpoint"])
+    assert result.returncode == 0, result.stderr
+    assert files(tmp_path / "out") == sorted(
+        [bids.DESCRIPTION] + [name for scan in SCANS for name in enhanced_names(scan, 1)]
+    )
 
 
 # ----------------------------------------------------------------------------- filters

@@ -11,10 +11,14 @@ The layout is :mod:`diffiqt.imaging.bids`'s; this module runs the commands over 
 3. The other scans are processed, each all-or-nothing; one that fails is reported and the others go on.
    The derivative's ``dataset_description.json`` is written with the first finished scan. If any scan was
    not processed the command ends with one more line and exit status 2, so that a script notices.
+
+Under torchrun ``enhance`` splits the scans left after stage 2 between the processes, as folder mode does
+(:func:`share`).
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +39,11 @@ if TYPE_CHECKING:  # torch is imported by the commands only when they work, so t
     from diffiqt.simulation import LowFieldParams
 
     ParamsFor = Callable[[Volume], LowFieldParams]
+
+
+# How long a process under torchrun waits at the end for the others to finish their scans: longer than any
+# run. Nothing else can keep a process waiting, since torchrun stops them all when one of them dies.
+WAIT_FOR_OTHERS = datetime.timedelta(days=7)
 
 
 def bids_mode(source: Path, participants: list[str], sessions: list[str]) -> bool:
@@ -73,11 +82,12 @@ class Job:
 
 @dataclass
 class Plan:
-    """What a run over a dataset will do: the scans left to process and the problems already found."""
+    """What a run over a dataset will do: the scans left to process, those done earlier and the problems found."""
 
     dataset: bids.Dataset
     out: Path
     jobs: list[Job]
+    finished: list[Job]
     problems: list[str]
     total: int  # selected T1w files: done, to do, or with a problem
 
@@ -85,7 +95,7 @@ class Plan:
 def plan(
     source: Path, out: Path, descs: tuple[str, ...], participants: list[str], sessions: list[str], force: bool
 ) -> Plan:
-    """Stages 1 and 2 of the module docstring: everything checked before the work."""
+    """Stages 1 and 2 of the module docstring: everything checked before the work (:func:`report` tells it)."""
     from diffiqt.imaging.io import check_image, check_outputs
 
     dataset = bids.read_dataset(source)
@@ -115,12 +125,30 @@ def plan(
     )
     if problems and not todo and not finished:
         refuse(problems)
-    # Only now, so that a refusal above is the one line printed.
-    for job in finished:
+    return Plan(dataset, out, todo, finished, problems, total)
+
+
+def report(plan: Plan) -> None:
+    """One line for each scan done earlier and each problem; after :func:`plan`, so that a refusal there is the
+    one line printed."""
+    for job in plan.finished:
         say("skipped", f"{job.scan.relpath}: its outputs exist (--force redoes it)")
-    for problem in problems:
+    for problem in plan.problems:
         say("[red]skipped[/red]", problem)
-    return Plan(dataset, out, todo, problems, total)
+
+
+def share(plan: Plan, rank: int, world: int) -> Plan:
+    """The part of ``plan`` that process ``rank`` of ``world`` (under torchrun) does and answers for: every
+    world-th job, and on rank 0 also the scans done earlier and the problems, so that each is reported once.
+
+    A process's closing count (``N of M T1w scans were not processed``) is then of the scans it answers for,
+    M of them: it follows the lines that process printed ("see above"), and the counts of all processes add
+    up to the dataset's. Alone (``world`` 1) a process answers for everything, as without torchrun.
+    """
+    jobs = plan.jobs[rank::world]
+    if rank == 0:
+        return replace(plan, jobs=jobs, total=plan.total - len(plan.jobs) + len(jobs))
+    return replace(plan, jobs=jobs, finished=[], problems=[], total=len(jobs))
 
 
 def say(tag: str, message: str) -> None:
@@ -148,16 +176,17 @@ def all_done(plan: Plan, what: str) -> None:
     bids.write_description(plan.dataset, plan.out, __version__, what)
     done = plan.total - len(plan.problems)
     say("nothing to do:", f"the outputs of {done} of the {plan.total} selected T1w scans exist in {plan.out}")
-    if plan.problems:
-        raise InputError(f"{len(plan.problems)} of {plan.total} T1w scans were not processed (see above)")
+    check_failures(plan, plan.problems)
 
 
-def run_jobs(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> None:
-    """Stage 3: ``work(job, index, bar)`` for every job, a failure reported and passed over.
+def run_jobs(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) -> list[str]:
+    """Stage 3: ``work(job, index, bar)`` for every job, a failure reported and passed over; the plan's problems
+    and the failures (give them to :func:`check_failures`).
 
     The derivative's description (``what`` the pipeline did) is written with the first finished scan
     (:func:`diffiqt.imaging.bids.write_description` leaves one that exists), so that a run in which every scan
-    fails leaves nothing behind.
+    fails leaves nothing behind. Processes under torchrun may write it at the same time: it is written
+    atomically (a temporary file renamed into place), the same bytes by each, so it is never torn.
     """
     from diffiqt import __version__
 
@@ -171,6 +200,11 @@ def run_jobs(plan: Plan, what: str, work: Callable[[Job, int, Progress], None]) 
                 say("[red]skipped[/red]", f"{job.scan.relpath}: {exc}")
                 continue
             bids.write_description(plan.dataset, plan.out, __version__, what)
+    return failures
+
+
+def check_failures(plan: Plan, failures: list[str]) -> None:
+    """The closing line and exit status 2 if a scan of ``plan`` was not processed, so that a script notices."""
     if failures:
         raise InputError(f"{len(failures)} of {plan.total} T1w scans were not processed (see above)")
 
@@ -189,23 +223,43 @@ def enhance_dataset(
     """``diffiqt enhance BIDS_ROOT -o OUT``: ``desc-enhanced`` (and ``desc-sd`` with samples > 1) per T1w scan.
 
     ``ref`` is the resolved model (:class:`diffiqt.models.shipped.ModelRef`) and ``options`` the sampler's
-    :class:`~diffiqt.inference.enhance.EnhanceOptions` (``steps`` None: the model's own).
+    :class:`~diffiqt.inference.enhance.EnhanceOptions` (``steps`` None: the model's own). Under torchrun each
+    process enhances its :func:`share` of the scans.
     """
+    import torch
+
     from diffiqt.models.loading import load_model
+    from diffiqt.training import distributed
 
     if png:
         raise ConfigError("--png is not available for BIDS datasets (a montage is no BIDS derivative)")
     descs = (bids.DESC_ENHANCED,) + ((bids.DESC_SD,) if options.samples > 1 else ())
     work = plan(source, out, descs, participants, sessions, force)
-    if not work.jobs:
-        return all_done(work, "enhancement")
-    model = load_model(ref.name if ref.name is not None else ref.path)
-    options = replace(options, steps=options.steps_for(model))
-    run_jobs(
-        work,
-        "enhancement",
-        lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(work.jobs)})", model, ref, options, bar),
-    )
+    # As in folder mode (cli/enhance.py): the split follows the process group, not RANK/WORLD_SIZE alone, so
+    # that a stray RANK in the environment leaves one process that enhances every scan; joining after the
+    # plan (with a barrier) keeps one process's new outputs from failing another's checks.
+    distributed.init(torch.device(options.device).type, timeout=WAIT_FOR_OTHERS)
+    distributed.barrier()
+    try:
+        mine = share(work, distributed.rank(), distributed.world_size())
+        report(mine)
+        if not work.jobs:  # the same plan in every process: none has work, and rank 0 says so
+            if distributed.is_main():
+                all_done(mine, "enhancement")
+            return
+        model = load_model(ref.name if ref.name is not None else ref.path)
+        options = replace(options, steps=options.steps_for(model))
+        failures = run_jobs(
+            mine,
+            "enhancement",
+            lambda job, index, bar: _enhance_scan(job, f"({index + 1}/{len(mine.jobs)})", model, ref, options, bar),
+        )
+        # torchrun stops every process as soon as one exits with an error: one whose scans failed waits
+        # here until the others are done with theirs.
+        distributed.barrier()
+        check_failures(mine, failures)
+    finally:
+        distributed.close()
     print_enhance_notes(model, options)
 
 
@@ -272,6 +326,7 @@ def simulate_dataset(
         raise ConfigError("--png is not available for BIDS datasets (a montage is no BIDS derivative)")
     descs = (bids.DESC_LOWFIELD,) + ((bids.DESC_UPSAMPLED,) if upsample else ())
     work = plan(source, out, descs, participants, sessions, force)
+    report(work)
     if not work.jobs:
         return all_done(work, "low-field simulation")
     task: list[TaskID] = []  # the bar's task, added when the bar is up
@@ -284,7 +339,7 @@ def simulate_dataset(
         finally:
             bar.advance(task[0])
 
-    run_jobs(work, "low-field simulation", simulate_scan)
+    check_failures(work, run_jobs(work, "low-field simulation", simulate_scan))
 
 
 def _simulate_scan(job: Job, params: ParamsFor, seed: int, upsample: bool) -> None:

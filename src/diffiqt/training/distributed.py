@@ -40,14 +40,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init(device_kind: str) -> None:
-    """Join the process group if launched by torchrun; ``device_kind`` is 'cpu' or 'cuda'."""
+def init(device_kind: str, timeout: datetime.timedelta = datetime.timedelta(minutes=30)) -> None:
+    """Join the process group if launched by torchrun; ``device_kind`` is 'cpu' or 'cuda'. ``timeout``: how long
+    a collective (a barrier) waits for the other processes before it fails."""
     if not launched_by_torchrun() or dist.is_initialized():
         return
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank())
     backend = "nccl" if device_kind == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def close() -> None:
