@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--brain", required=True, help="a validation brain with tissue maps beside it")
     parser.add_argument("--models", nargs="+", required=True, help="model names or run folders")
     parser.add_argument("--steps", type=int, help="sampling steps (default: each model's own)")
+    parser.add_argument("--sampler", help="sampler (default: each model's own)")
+    parser.add_argument("--samples", type=int, default=1, help="samples averaged; > 1 also gives rho(sd, error)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES (default: all)")
     parser.add_argument("--json", type=Path, help="also write the scores here")
@@ -48,10 +50,14 @@ def main() -> None:
         model = load_model(spec)
         for (axis, slices), case in zip(chosen, cases):
             steps = args.steps or model.steps
-            result = run_held_out(case, model, EnhanceOptions(steps=steps, seed=args.seed))
+            result = run_held_out(
+                case, model, EnhanceOptions(steps=steps, sampler=args.sampler, samples=args.samples, seed=args.seed)
+            )
             cubic, enhanced = result.scores["cubic"], result.scores["enhanced"]
             name = f"{AXES[axis]} {'x8' if slices is None else f'{slices[0]:g}+{slices[1]:g} mm'}"
             cells = [f"{enhanced[k]:.3f} ({enhanced[k] - cubic[k]:+.3f})" for k in KEYS]  # type: ignore[operator]
+            if "uncertainty_error_spearman" in enhanced:
+                cells.append(f"rho(sd, error) {enhanced['uncertainty_error_spearman']:.2f}")
             print(f"| {spec} | {name} | " + " | ".join(cells) + " |", flush=True)
             results[f"{spec} {name}"] = result.scores
     if args.json:

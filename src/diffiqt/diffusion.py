@@ -246,7 +246,17 @@ def sample_ddim(
     return _sample(_ddim_step, denoiser, cond, uniform_times(steps), generator, callback, noise, net_kwargs)
 
 
-REFINE_START = 0.3  # measured, not tuned: the shipped model falls below its mean from it (docs/model-card.md)
+def time_of_noise(noise: float) -> float:
+    """The time t at which sigma_t / alpha_t = ``noise`` (the inverse of the schedule's noise-to-signal ratio)."""
+    return (math.atan(noise) - _PHI_MIN) / (_PHI_MAX - _PHI_MIN)
+
+
+# The refinement starts where the noise (sigma_t / alpha_t) equals the spread of x - cond at x8 in normalised
+# units (0.1, cpu-lowfield's residual_sigma): the mean is re-noised to about the size of its own error, so a
+# chain adds detail without wandering far from it. From t = 0.3 (noise 0.51, five times that) the samples of
+# t1w-x8-lowfield-cpu-v3/v4 fell below interpolation (docs/model-card.md).
+REFINE_NOISE = 0.1
+REFINE_START = time_of_noise(REFINE_NOISE)
 
 
 def sample_refine(
