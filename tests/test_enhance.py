@@ -174,9 +174,12 @@ def test_exported_model_loads_by_name_with_its_hash_checked(tmp_path, checkpoint
     from diffiqt.errors import InputError
     from diffiqt.models.shipped import export_checkpoint, load_shipped
 
-    weights, card = export_checkpoint(checkpoint_dir, "tiny", tmp_path, dtype="float16", default=True)
+    summary = {"sources": ["mni152"], "warning": "research use only"}
+    weights, card = export_checkpoint(checkpoint_dir, "tiny", tmp_path, dtype="float16", default=True, summary=summary)
     net, info = load_shipped("default", tmp_path)
     assert info["dtype"] == "float16" and info["voxel_mm"] == 1.0
+    assert info["warning"] == "research use only"  # at the top, where load_model reads it for enhance
+    assert info["trained"]["sources"] == ["mni152"]
     for (name, mine), theirs in zip(conv_model.net.state_dict().items(), net.state_dict().values()):
         torch.testing.assert_close(theirs, mine.half().float(), msg=name)
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)

@@ -203,4 +203,6 @@ def export_checkpoint(
         "default": default,
         "trained": summary or {},
     }
+    if summary and "warning" in summary:  # what diffiqt enhance prints before trusting it (Model.warning)
+        card["warning"] = summary["warning"]
     return weights, save_json(card, folder / f"{name}.json")
