@@ -32,9 +32,10 @@ def demo(
         help="Shipped model name ('default') or a checkpoint / run folder, as for `diffiqt enhance`.",
     ),
     slab_mm: float = typer.Option(
-        48.0,
+        0.0,
         "--slab-mm",
-        help="Enhance only the central slab this thick across the slice axis (quicker); 0: the whole head.",
+        help="Enhance only the central slab this thick across the slice axis (quicker, but a network that sees "
+        "whole thick-slice stacks scores worse on a thin slab); 0: the whole brain or head.",
     ),
     axis: int = typer.Option(
         2, help="Slice axis of the simulated scan in RAS+ voxels: 0 sagittal, 1 coronal, 2 axial."
@@ -55,7 +56,8 @@ def demo(
 
     Examples:\n
       diffiqt demo\n
-      diffiqt demo --brain colin27 --slab-mm 0 --samples 4 -o demo_whole_head
+      diffiqt demo --brain colin27 --samples 4 -o demo_whole_head\n
+      diffiqt demo --slab-mm 48 -o demo_quick
     """
     from diffiqt import __version__
     from diffiqt.cli.common import console, progress
