@@ -8,7 +8,7 @@
    spacing; its output is resampled to the isotropic grid at the end.
 2. It is normalised by its own robust intensity (:func:`diffiqt.preprocess.lf_scale`).
 3. Only the head is processed: the bounding box of the LF foreground plus a
-   margin, grown to a multiple of the network's 32-voxel cell so that the
+   margin, grown to whole cells of the network so that the
    cross-batch attention cells line up; the rest of the output is the
    interpolated input. The box runs through the network *as one tensor* (the
    cross-batch mechanism makes this exact and seamless: no overlapping patches).
@@ -34,7 +34,7 @@ from torch import Tensor
 from diffiqt.diffusion import SAMPLERS, Denoiser
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.imaging.io import Volume
-from diffiqt.imaging.resample import mask_extent, resample, to_isotropic
+from diffiqt.imaging.resample import isotropic_grid, mask_extent, resample, to_isotropic
 from diffiqt.inference.tiling import ChunkedDenoiser, chunk_size
 from diffiqt.models.loading import Model
 from diffiqt.preprocess import denormalise, foreground, lf_scale, normalise
@@ -164,12 +164,12 @@ def enhance(
 ) -> EnhanceResult:
     """Enhance one low-field scan; see the module docstring. ``on_step(i)`` reports sampler progress."""
     options = options or EnhanceOptions()
-    output_grid = to_isotropic(lf, model.voxel_mm)
+    output_affine, output_shape = isotropic_grid(lf, model.voxel_mm)  # where the result is written
     grid_mm = model_grid_mm(lf, model)
     cond_volume = to_isotropic(lf, grid_mm)  # per-axis sizes: isotropic unless the net folds slices
     if min(cond_volume.shape) < model.cell:
         raise InputError(
-            f"the scan is too small: {output_grid.shape} voxels of {model.voxel_mm} mm; "
+            f"the scan is too small: {output_shape} voxels of {model.voxel_mm} mm; "
             f"every side must span at least one {model.cell}-voxel cell"
         )
     scale = lf_scale(cond_volume.data)
@@ -192,15 +192,15 @@ def enhance(
         samples = np.moveaxis(samples, -1, 1 + axis)
     mean = cond_volume.data.copy()
     insert(mean, denormalise(samples.mean(axis=0), scale), lower)
-    mean_volume = onto_grid(cond_volume.with_data(mean), output_grid)
+    mean_volume = onto_grid(cond_volume.with_data(mean), output_affine, output_shape)
     std_volume = None
     if options.samples > 1:
         std = np.zeros_like(mean)
         insert(std, denormalise(samples.std(axis=0), scale), lower)
-        std_volume = onto_grid(cond_volume.with_data(std), output_grid, nonnegative=True)
+        std_volume = onto_grid(cond_volume.with_data(std), output_affine, output_shape, nonnegative=True)
     info = {
         "scale": scale,
-        "box_lower": lower.tolist(),
+        "box_lower": lower.tolist(),  # the box in voxels of the network's grid (network_grid_mm)
         "box_upper": upper.tolist(),
         "model": model.description,
         "steps": options.steps_for(model),
@@ -213,9 +213,10 @@ def enhance(
     return EnhanceResult(mean_volume, std_volume, info)
 
 
-def onto_grid(volume: Volume, grid: Volume, nonnegative: bool = False) -> Volume:
-    """``volume`` (the network's grid) resampled onto ``grid``'s (the output's isotropic one) if they differ."""
-    if volume.shape == grid.shape and np.allclose(volume.affine, grid.affine):
+def onto_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], nonnegative: bool = False) -> Volume:
+    """``volume`` (on the network's grid) resampled onto the grid (``affine``, ``shape``), the output's isotropic
+    one, if they differ; ``nonnegative`` clips the cubic's undershoot (for a standard deviation)."""
+    if volume.shape == shape and np.allclose(volume.affine, affine):
         return volume
-    out = resample(volume, grid.affine, grid.shape)
+    out = resample(volume, affine, shape)
     return out.with_data(np.maximum(out.data, 0.0)) if nonnegative else out
