@@ -43,6 +43,20 @@ def test_ms_ssim_needs_a_large_enough_volume(mni):
     assert metrics.ms_ssim3d(t[:90, :90, :90], t[:90, :90, :90], 1.0) is None
 
 
+def test_paper_protocol_clips_undershoot_like_strict(mni):
+    truth = mni.t1.data
+    undershoot = truth.copy()
+    undershoot[truth == 0] = np.random.default_rng(0).normal(0, 5, int((truth == 0).sum()))  # noisy background
+    clipped = np.maximum(undershoot, 0)
+    paper = metrics.paper_protocol(undershoot, truth)
+    assert paper["paper_psnr"] == metrics.paper_protocol(clipped, truth)["paper_psnr"]
+    # Without the clip the min-max scaling would map the most negative voxel to 0 and lift the background.
+    unclipped = metrics.psnr(
+        metrics.min_max(metrics.central_region(undershoot)), metrics.min_max(metrics.central_region(truth)), 1.0
+    )
+    assert paper["paper_psnr"] > unclipped + 3
+
+
 def test_dice_and_iou_of_known_masks():
     a = np.zeros((10, 10, 10), bool)
     b = np.zeros_like(a)

@@ -4,6 +4,11 @@
   (cropped, or zero-padded where the volume is smaller), each volume min-max
   scaled to [0, 1] on its own, 3D PSNR (data range 1) and 3D MS-SSIM with the
   standard settings (pytorch-msssim: 5 scales, Gaussian window 11, sigma 1.5).
+  The prediction is first clipped at 0, as ``strict`` clips it: a magnitude image
+  has no negative values, and without the clip one undershoot voxel (cubic
+  ringing, or zero-mean noise in the background of a simulated scan) becomes the
+  minimum that the min-max scaling maps to 0, which lifts the whole background
+  (cubic interpolation of a skull-stripped x8 scan lost 5 dB to it).
 * ``strict`` — both volumes on the *target's* fixed intensity range (0 to its
   99.5th percentile inside the mask), PSNR inside the brain mask only, SSIM and
   MS-SSIM on the mask's bounding box. MS-SSIM needs every side > 160 voxels with
@@ -151,7 +156,7 @@ def segmentation_agreement(pred: np.ndarray, target: np.ndarray, mask: np.ndarra
 
 
 def paper_protocol(pred: np.ndarray, target: np.ndarray) -> dict[str, float | None]:
-    p, t = min_max(central_region(pred)), min_max(central_region(target))
+    p, t = min_max(central_region(np.maximum(pred, 0))), min_max(central_region(target))
     return {"paper_psnr": psnr(p, t, 1.0), "paper_ms_ssim": ms_ssim3d(p, t, 1.0), "paper_lpips": lpips_slices(p, t)}
 
 

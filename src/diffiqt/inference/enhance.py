@@ -18,7 +18,9 @@
    whole-box evaluation; the sampler still sees the whole box, so the
    randomness is the same either way.
 5. ``samples`` trajectories run as one batch; their mean is the result and
-   their per-voxel standard deviation the uncertainty map.
+   their per-voxel standard deviation the uncertainty map. The result is a
+   magnitude image, so it is clipped at 0 (the interpolated input around the box
+   and the network's output alike can undershoot there).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def enhance(
         samples = np.moveaxis(samples, -1, 1 + axis)
     mean = cond_volume.data.copy()
     insert(mean, denormalise(samples.mean(axis=0), scale), lower)
-    mean_volume = onto_grid(cond_volume.with_data(mean), output_affine, output_shape)
+    mean_volume = onto_grid(cond_volume.with_data(np.maximum(mean, 0.0)), output_affine, output_shape, nonnegative=True)
     std_volume = None
     if options.samples > 1:
         std = np.zeros_like(mean)
@@ -215,7 +217,7 @@ def enhance(
 
 def onto_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], nonnegative: bool = False) -> Volume:
     """``volume`` (on the network's grid) resampled onto the grid (``affine``, ``shape``), the output's isotropic
-    one, if they differ; ``nonnegative`` clips the cubic's undershoot (for a standard deviation)."""
+    one, if they differ; ``nonnegative`` clips the cubic's undershoot (a magnitude image, a standard deviation)."""
     if volume.shape == shape and np.allclose(volume.affine, affine):
         return volume
     out = resample(volume, affine, shape)
