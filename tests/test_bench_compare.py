@@ -16,13 +16,14 @@ from conftest import run_cli
 from diffiqt.anatomy.brains import colin27_available
 from diffiqt.bench import compare, report
 from diffiqt.cli import app
+from diffiqt.config import merge
 from diffiqt.errors import ConfigError, InputError, OutputError
 from diffiqt.evaluation import metrics
 from diffiqt.nets import build_network
 
 needs_colin27 = pytest.mark.skipif(not colin27_available(), reason="Debian's mricron-data (Colin27) is not installed")
-SMOKE_METHODS = ["interpolation", "linear-iqt", "unet", "diffiqt"]
-DIFFUSION_METHODS = ("diffiqt", "no-crossbatch", "no-deepfeature-no-crossbatch")
+SMOKE_METHODS = ["interpolation", "linear-iqt", "unet", "diffiqt", "diffiqt-no-mean", "shipped"]
+DIFFUSION_METHODS = ("diffiqt", "no-crossbatch", "no-deepfeature-no-crossbatch", "diffiqt-full-grid", "diffiqt-no-mean")
 PEER_METHODS = ("bspline", "bspline5", "lanczos")
 
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def trained_configs(budget: compare.Budget) -> dict:
     return {
-        method: compare.method_config(budget, method) for method in compare.METHODS if compare.trains(budget, method)
+        method: compare.method_config(budget, method) for method in budget.networks if compare.trains(budget, method)
     }
 
 
@@ -74,33 +75,55 @@ def test_no_test_volume_can_enter_the_training_or_validation_sources_of_any_meth
 def test_an_equal_budget_gives_every_trained_method_the_same_examples_data_and_seeds(name):
     budget = compare.BUDGETS[name]
     configs = trained_configs(budget)
-    assert set(configs) == set(compare.METHODS) - {"interpolation", "linear-iqt", *PEER_METHODS}
+    assert set(configs) == set(budget.networks) - {"interpolation", "linear-iqt", "shipped", *PEER_METHODS}
     examples = {m: (c.steps * c.batch_size, c.data.block_size) for m, c in configs.items()}
     assert set(examples.values()) == {(budget.examples, budget.block_size)}
-    without_network = [{k: v for k, v in c.to_dict().items() if k != "network"} for c in configs.values()]
-    assert all(settings == without_network[0] for settings in without_network)
+    # The same cube for all: networks on the low-field grid only take it with the slice axis last.
+    assert {c.data.slice_block for c in configs.values()} <= {None, budget.block_size}
+    without_network = {m: {k: v for k, v in c.to_dict().items() if k != "network"} for m, c in configs.items()}
+    for settings in without_network.values():
+        settings["data"]["slice_block"] = None
+    common = without_network["unet"]
+    for method, settings in without_network.items():  # a recipe method differs by its recipe and nothing else
+        assert settings == merge(common, dict(budget.recipes.get(method, {}))), method
+    assert set(budget.recipes) <= {"diffiqt-no-mean"}
     with torch.device("meta"):  # the paper-size networks are built without allocating their weights
         for method, (network, settings) in budget.networks.items():
-            if compare.peer(budget, method):
-                continue  # no network: tested below
+            if compare.peer(budget, method) or compare.shipped(budget, method):
+                continue  # no network to build: tested below and in the smoke bench
             assert build_network(network, **settings).needs_time == (method in DIFFUSION_METHODS)
 
 
-def test_the_cpu_budget_switches_only_the_module_flags_between_diffusioniqt_variants():
-    networks = compare.BUDGETS["cpu"].networks
-    full, deep_only, neither = (networks[m] for m in DIFFUSION_METHODS)
-    assert full[0] == deep_only[0] == neither[0] == "small"
-    assert all(n[1]["condition_skip"] for n in (full, deep_only, neither))
-    assert deep_only[1] == {**full[1], "attention": False, "cross_batch": False}
+def test_the_cpu_budget_changes_one_mechanism_of_the_shipped_design_per_diffusioniqt_variant():
+    from diffiqt.models.shipped import shipped_card
+
+    budget = compare.BUDGETS["cpu"]
+    full, deep_only, neither, full_grid, no_mean = (budget.networks[m] for m in DIFFUSION_METHODS)
+    _, card = shipped_card("default")
+    assert full[0] == card["network"]["name"] == "lowfield-small"  # the shipped design
+    assert full[1]["widths"] == card["network"]["widths"] and full[1]["zero_head"] == card["network"]["zero_head"]
+    assert deep_only[1] == {**full[1], "attention": False}
     assert neither[1] == {**deep_only[1], "deep_feature": False}
+    assert full_grid == ("small", {"zero_head": True}) and no_mean == full
+    recipe = compare.method_config(budget, "diffiqt-no-mean").diffusion
+    shipped_recipe = compare.method_config(budget, "diffiqt").diffusion
+    assert recipe.mean_fraction == 0 and shipped_recipe.mean_fraction == 0.75
+    assert (recipe.sampler, recipe.sample_steps) == ("paper", 20) and shipped_recipe.sample_steps == 1
+    assert compare.shipped(budget, "shipped") and not compare.trains(budget, "shipped")
+    with pytest.raises(ConfigError, match="nothing to train"):
+        compare.method_config(budget, "shipped")
 
 
 def test_unknown_budget_or_method_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown budget"):
         compare.get_budget("huge")
+    cpu, paper = compare.BUDGETS["cpu"], compare.BUDGETS["paper"]
     with pytest.raises(ConfigError, match="unknown method 'gan'"):
-        compare.parse_methods("unet,gan")
-    assert compare.parse_methods("diffiqt, interpolation") == ["interpolation", "diffiqt"]  # the report's order
+        compare.parse_methods("unet,gan", cpu)
+    with pytest.raises(ConfigError, match="unknown method 'shipped' for budget 'paper'"):
+        compare.parse_methods("shipped", paper)
+    assert compare.parse_methods("diffiqt, interpolation", cpu) == ["interpolation", "diffiqt"]  # the report's order
+    assert "shipped" in compare.parse_methods(None, cpu) and "shipped" not in compare.parse_methods(None, paper)
 
 
 # ----------------------------------------------------------------------------- the classical peers
@@ -211,12 +234,18 @@ def test_the_smoke_bench_writes_scores_report_and_figure_and_a_rerun_reuses_them
             assert all(isinstance(rows[0][key], float) for key in ("psnr", "paper_psnr", "ssim", "seg_miou"))
         assert (out / "predictions" / method / "colin27.nii.gz").is_file()
     assert results["methods"]["unet"]["examples"] == results["methods"]["diffiqt"]["examples"] == 2
+    assert results["methods"]["diffiqt"]["sampling"] == "refine × 1"
+    assert results["methods"]["diffiqt-no-mean"]["sampling"] == "paper × 2"
+    assert (
+        results["methods"]["shipped"]["examples"] == 0 and "t1w-x8-lowfield" in results["methods"]["shipped"]["model"]
+    )
     with (out / "results.csv").open(newline="") as f:
         assert len(list(csv.DictReader(f))) == len(SMOKE_METHODS) * 2
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = docs.read_text()
     assert text.count(report.START) == text.count(report.END) == 1 and "Earlier text stays." in text
     assert "](figures/bench.png)" in text and "| DiffusionIQT |" in text and "`diffiqt bench --budget smoke" in text
+    assert "PSNR fit (dB)" in text
 
     trained = out / "runs" / "unet" / "train.csv"
     before = trained.stat().st_mtime_ns

@@ -19,7 +19,18 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from diffiqt.bench.compare import METHODS, SPLIT, TEST_SEED, Budget, Split, fitted, method_config, peer, trains
+from diffiqt.bench.compare import (
+    METHODS,
+    SPLIT,
+    TEST_SEED,
+    Budget,
+    Split,
+    fitted,
+    method_config,
+    peer,
+    shipped,
+    trains,
+)
 from diffiqt.config import TrainConfig
 from diffiqt.errors import ConfigError, InputError
 from diffiqt.evaluation.heldout import LF_FACTOR, HeldOutCase, held_out_case
@@ -120,7 +131,8 @@ def score_model(model, scans: list[HeldOutCase], budget: Budget, device: str) ->
         rows[scan.name] = []
         for seed in range(budget.samples if model.net.needs_time else 1):
             begin = time.perf_counter()
-            result = enhance(scan.lf, model, EnhanceOptions(steps=budget.sample_steps, seed=seed, device=device))
+            options = EnhanceOptions(steps=budget.sample_steps, seed=seed, device=device)  # None: the model's own
+            result = enhance(scan.lf, model, options)
             seconds = time.perf_counter() - begin
             rows[scan.name].append({"seed": seed, "inference_s": seconds, **score_case(result.mean.data, scan)})
             first.setdefault(scan.name, result.mean)
@@ -159,8 +171,10 @@ def bench_method(
 ) -> dict:
     """Train (if needed), enhance and score one method; reuse ``previous`` scores of the same weights."""
     from diffiqt.imaging.io import save_volume
+    from diffiqt.inference.enhance import EnhanceOptions
     from diffiqt.models.checkpoint import DEFAULT_VOXEL_MM
     from diffiqt.models.loading import Model, load_model
+    from diffiqt.models.shipped import shipped_card
     from diffiqt.nets import build_network, count_parameters
 
     network, settings = budget.networks[method]
@@ -187,11 +201,18 @@ def bench_method(
     elif fitted(budget, method):
         model, entry["train_s"] = fit_linear_iqt_model(budget, method)
         entry["weights"] = tensors_digest(model.net)
+    elif shipped(budget, method):
+        name, card = shipped_card(str(settings["name"]))
+        model = load_model(name)
+        entry.update(weights=card["sha256"], model=model.description)
     elif peer(budget, method):
         model = None  # not a network: the scan is interpolated by SimpleITK
     else:
         model = Model(build_network(network), DEFAULT_VOXEL_MM, "cubic interpolation")
     entry["parameters"] = count_parameters(model.net) if model is not None else 0
+    if model is not None and model.net.needs_time:
+        options = EnhanceOptions(steps=budget.sample_steps)
+        entry["sampling"] = f"{options.sampler_for(model)} × {options.steps_for(model)}"
     paths = {scan.name: prediction_path(out, method, scan.name) for scan in scans}
     if previous and previous.get("weights") == entry["weights"] and all(p.exists() for p in paths.values()):
         log("scores of these weights are in results.json; not scored again")

@@ -37,6 +37,8 @@ SCORES = (
     ("psnr", "PSNR strict (dB)", 2),
     ("ssim", "SSIM strict", 4),
     ("ms_ssim", "MS-SSIM strict", 4),
+    ("fit_psnr", "PSNR fit (dB)", 2),
+    ("fit_ssim", "SSIM fit", 4),
     ("seg_miou", "tissue mIoU", 3),
 )
 SCORE_NAMES = {
@@ -45,10 +47,12 @@ SCORE_NAMES = {
     "psnr": "PSNR (strict)",
     "ssim": "SSIM (strict)",
     "ms_ssim": "MS-SSIM (strict)",
+    "fit_psnr": "PSNR (fit)",
+    "fit_ssim": "SSIM (fit)",
     "seg_miou": "tissue mIoU",
 }
 # The ordering table: (the paper's score, our scores ordered beside it).
-ORDERINGS = (("psnr", ("paper_psnr", "psnr")), ("ms_ssim", ("paper_ms_ssim",)), ("miou", ("seg_miou",)))
+ORDERINGS = (("psnr", ("paper_psnr", "psnr", "fit_psnr")), ("ms_ssim", ("paper_ms_ssim",)), ("miou", ("seg_miou",)))
 PAPER_NAMES = {"psnr": "PSNR", "ms_ssim": "MS-SSIM", "miou": "parcellation mIoU"}
 SCAN_TITLES = {"colin27-brain": "Colin27, skull-stripped", "colin27": "Colin27, whole head"}
 VIEW = "coronal"  # the x8 axial slices show as steps along the vertical axis
@@ -120,9 +124,13 @@ def networks_table(results: dict) -> str:
     from diffiqt.nets import paper_parameters_m
 
     rows = []
+    paper_budget = BUDGETS["paper"]
     for method, entry in entries(results):
-        paper_m = None if peer(BUDGETS["paper"], method) else paper_parameters_m(BUDGETS["paper"].networks[method][0])
+        in_paper = method in paper_budget.networks and not peer(paper_budget, method)
+        paper_m = paper_parameters_m(paper_budget.networks[method][0]) if in_paper else None
         settings = f"`{json.dumps(entry['settings'])}`" if entry["settings"] else "–"
+        if entry.get("model"):  # a shipped model: which one it was
+            settings = f"{settings}: {entry['model']}"
         rows.append(
             [
                 entry["label"],
@@ -131,9 +139,11 @@ def networks_table(results: dict) -> str:
                 count(entry["parameters"]),
                 f"{paper_m}M" if paper_m else "–",
                 f"{entry['examples']:,}" if entry["examples"] else "–",
+                entry.get("sampling", "–"),
             ]
         )
-    return table(["method", "network", "settings", "parameters", "paper", "training blocks"], rows, left=3)
+    header = ["method", "network", "settings", "parameters", "paper", "training blocks", "sampling"]
+    return table(header, rows, left=3)
 
 
 def scan_table(results: dict, scans: list[str]) -> str:
@@ -223,8 +233,8 @@ def markdown(results: dict, figure_link: str | None) -> str:
         f"**Budget `{results['budget']}`**: {settings['summary']}. Every trained method: {settings['steps']:,} steps "
         f"× {settings['batch_size']} block(s) of {block}³ voxels = {settings['steps'] * settings['batch_size']:,} "
         f"training examples, the `{settings['preset']}` preset's optimizer and data pipeline, seed {settings['seed']} "
-        f"(the same blocks and noise for all); diffusion methods sample with the paper's sampler, "
-        f"{settings['sample_steps']} steps, {settings['samples']} seed(s) per test scan.",
+        f"(the same blocks and noise for all); {_sampling_text(settings)}, {settings['samples']} seed(s) per test "
+        "scan.",
         f"**Split**: training {', '.join(split['train'])} (torchio-augmented pseudo-subjects); validation "
         f"{split['validation']}; test {', '.join(split['test'])} (another real subject, never trained or validated "
         f"on; x{results['lf_factor']} low-field simulation, axial slices, seed {results['test_seed']}, the same scan "
@@ -247,15 +257,23 @@ def markdown(results: dict, figure_link: str | None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _sampling_text(settings: dict) -> str:
+    if settings["sample_steps"] is None:
+        return "diffusion methods sample with their own recipe's sampler and steps (column `sampling`)"
+    return f"diffusion methods sample with {settings['sample_steps']} steps"
+
+
 def _region_text(settings: dict) -> str:
     region = settings["test_region"]
     return f"; only the central {region}³ cube of each test volume is enhanced and scored" if region else ""
 
 
 NOTES = (
-    "Paper protocol: the central 192³ region (zero-padded where the volume is smaller), each volume min-max "
-    "scaled to [0, 1]; strict protocol: the truth's intensity range, PSNR inside the brain mask, SSIM and MS-SSIM "
-    "on its bounding box (MS-SSIM n/a below 97 voxels a side). See `diffiqt.evaluation.metrics`.",
+    "Paper protocol: the central 192³ region (zero-padded where the volume is smaller), the prediction clipped at "
+    "0, each volume min-max scaled to [0, 1]; strict protocol: the truth's intensity range, the prediction "
+    "clipped at 0, PSNR inside the brain mask, SSIM and MS-SSIM on its bounding box (MS-SSIM n/a below 97 voxels "
+    "a side); fit protocol: as strict after one gain and offset per prediction fitted to the truth inside the "
+    "brain (no MS-SSIM). See `diffiqt.evaluation.metrics`.",
     "Tissue Dice and mIoU compare 3-class (CSF/GM/WM) Gaussian-mixture segmentations of prediction and truth (EM on "
     "the prediction starts from the truth's fitted mixture, so that a low-contrast prediction cannot end with two "
     "components on one peak and no white matter); the "
