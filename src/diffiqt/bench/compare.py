@@ -119,7 +119,11 @@ _TINY = dict(widths=[4, 8, 8], res_blocks=1, embed_dim=16, heads=2, deep_feature
 _LOWFIELD = ("lowfield-small", {"zero_head": True, "widths": [64, 64, 128], "patch_size": 8})
 # Two levels, so that 4³ patches still hold 2³ attention tokens at the deepest: (4, 4, 32) cells fit 32³ blocks.
 _TINY_LOWFIELD = ("lowfield-small", {**_TINY, "widths": [4, 8], "zero_head": True, "patch_size": 4})
-_NO_MEAN = {"diffusion": {"mean_fraction": 0.0, "sampler": "paper", "sample_steps": DEFAULT_STEPS}}
+
+
+def _no_mean(steps: int) -> dict:
+    """The recipe change of the no-posterior-mean variant: every noise level alike, the paper's sampler."""
+    return {"diffusion": {"mean_fraction": 0.0, "sampler": "paper", "sample_steps": steps}}
 
 
 def _lowfield_variants(base: tuple[str, dict]) -> dict[str, tuple[str, dict]]:
@@ -155,7 +159,7 @@ BUDGETS: dict[str, Budget] = {
             "diffiqt-no-mean": _LOWFIELD,
             "shipped": (SHIPPED, {"name": "default"}),
         },
-        recipes={"diffiqt-no-mean": _NO_MEAN},
+        recipes={"diffiqt-no-mean": _no_mean(DEFAULT_STEPS)},
         notes=(
             "DiffusionIQT is the shipped model's design (`lowfield-small`: the 8 thin slices under each thick one "
             "folded into channels, so most layers see an eighth of the voxels; widths 64/64/128) with 8³-voxel "
@@ -203,7 +207,7 @@ BUDGETS: dict[str, Budget] = {
             "diffiqt-no-mean": _TINY_LOWFIELD,
             "shipped": (SHIPPED, {"name": "default"}),
         },
-        recipes={"diffiqt-no-mean": {"diffusion": {"mean_fraction": 0.0, "sampler": "paper", "sample_steps": 2}}},
+        recipes={"diffiqt-no-mean": _no_mean(2)},
         data={
             "crop": [[60, 124], [50, 170], [50, 114]],
             "num_workers": 0,

@@ -194,7 +194,7 @@ def enhance(
         samples = np.moveaxis(samples, -1, 1 + axis)
     mean = cond_volume.data.copy()
     insert(mean, denormalise(samples.mean(axis=0), scale), lower)
-    mean_volume = onto_grid(cond_volume.with_data(np.maximum(mean, 0.0)), output_affine, output_shape, nonnegative=True)
+    mean_volume = onto_grid(cond_volume.with_data(mean), output_affine, output_shape, nonnegative=True)
     std_volume = None
     if options.samples > 1:
         std = np.zeros_like(mean)
@@ -217,7 +217,10 @@ def enhance(
 
 def onto_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], nonnegative: bool = False) -> Volume:
     """``volume`` (on the network's grid) resampled onto the grid (``affine``, ``shape``), the output's isotropic
-    one, if they differ; ``nonnegative`` clips the cubic's undershoot (a magnitude image, a standard deviation)."""
+    one, if they differ. ``nonnegative`` (a magnitude image, a standard deviation) clips at 0 both the volume and,
+    after resampling, the cubic's undershoot."""
+    if nonnegative:
+        volume = volume.with_data(np.maximum(volume.data, 0.0))
     if volume.shape == shape and np.allclose(volume.affine, affine):
         return volume
     out = resample(volume, affine, shape)
