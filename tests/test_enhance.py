@@ -89,6 +89,18 @@ def test_samples_give_a_nonnegative_image_and_uncertainty_and_seeds_repeat(lf_sc
     assert not np.array_equal(first.mean.data, other.mean.data)
 
 
+def test_each_sample_sees_a_mirrored_box_and_is_mirrored_back(lf_scan, conv_model):
+    """The spread covers the network's disagreement between mirror views: a deterministic network that is
+    not mirror-symmetric gets a non-zero sd, and one that is (interpolation) gets its own output back."""
+    lf, _ = lf_scan
+    supervised = Model(nets.build_network("unet", widths=[4, 8]).eval())
+    assert enhance(lf, supervised, EnhanceOptions(samples=4)).std.data.max() > 0
+    plain = Model(nets.build_network("interpolation"))
+    one, four = (enhance(lf, plain, EnhanceOptions(samples=n)) for n in (1, 4))
+    np.testing.assert_array_equal(four.mean.data, one.mean.data)
+    assert four.std.data.max() == 0
+
+
 def test_the_model_s_own_sampler_is_used_unless_one_is_given(lf_scan, conv_model):
     lf, _ = lf_scan
     refining = Model(conv_model.net, sampler="refine", steps=2)

@@ -13,7 +13,7 @@ from conftest import run_cli
 from diffiqt import config as configs
 from diffiqt.errors import ConfigError, DiffiqtError, InputError
 from diffiqt.models import checkpoint as ck
-from diffiqt.training.loop import Trainer, TrainingInterrupted, resume_config, train
+from diffiqt.training.loop import Trainer, TrainingInterrupted, learning_rate, resume_config, train
 
 
 @pytest.fixture(autouse=True)
@@ -181,6 +181,18 @@ def test_small_network_trains_in_the_patch_layout_and_reloads(tmp_path):
     assert net.name == "small" and net.cross_batch and net.patch_size == 8 and saved.network.name == "small"
     meta = json.loads((ck.find_checkpoint(run) / "config.json").read_text())
     assert meta["network"]["patch_size"] == 8 and meta["voxel_mm"] == 1.0
+
+
+def test_cosine_decay_warms_up_then_falls_to_zero_at_the_last_step():
+    cfg = tiny_config("steps=110", "optim.lr=0.01", "optim.warmup_steps=10", "optim.decay=cosine")
+    rates = [learning_rate(cfg, step) for step in range(111)]
+    assert rates[0] == pytest.approx(0.001) and rates[9] == pytest.approx(0.01)
+    assert rates[60] == pytest.approx(0.005) and rates[110] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    constant = tiny_config("steps=110", "optim.lr=0.01", "optim.warmup_steps=10")
+    assert learning_rate(constant, 110) == 0.01
+    with pytest.raises(ConfigError, match="optim.decay"):
+        tiny_config("optim.decay=linear")
 
 
 def test_a_run_can_start_from_another_runs_weights(tmp_path):

@@ -26,6 +26,7 @@ from diffiqt.errors import ConfigError, InputError
 SamplerName = Literal["paper", "ancestral", "ddim", "refine"]  # the keys of diffiqt.diffusion.SAMPLERS
 Layout = Literal["auto", "patches", "volume"]
 LossName = Literal["mse", "l1"]
+LrDecay = Literal["none", "cosine"]
 DEFAULT_SAMPLER: SamplerName = "paper"  # validation during training and enhancement both default to it
 DEFAULT_STEPS = 20  # the paper's sampling steps
 # torch.device names that diffiqt.training.distributed.resolve_device accepts; not a Literal: cuda:N has any N.
@@ -92,6 +93,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0  # linear learning-rate warm-up
+    # "cosine": after the warm-up, lr falls along a half cosine to 0 at ``steps``, so that a run of known
+    # length ends on small updates instead of on the noise of a constant lr. "none": constant.
+    decay: LrDecay = "none"
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999
 

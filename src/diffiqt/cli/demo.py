@@ -43,7 +43,9 @@ def demo(
     steps: int = typer.Option(
         None, help="Sampling steps; default: the model's own (the paper uses 20).", show_default=False
     ),
-    samples: int = typer.Option(1, help="Stochastic samples; more than 1 also writes the uncertainty (sd) map."),
+    samples: int = typer.Option(
+        1, help="Samples, each of its own in-plane mirror view; more than 1 also writes the uncertainty (sd) map."
+    ),
     seed: int = typer.Option(0, help="Seed of the low-field simulation and of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
 ) -> None:

@@ -36,7 +36,7 @@ def enhance(
     ),
     samples: int = typer.Option(
         1,
-        help="Stochastic samples; with more than 1 the mean is written and *_std holds the per-voxel standard deviation (uncertainty).",
+        help="Samples, each of the scan in its own in-plane mirror view (mirrored back); with more than 1 the mean is written and *_std holds their per-voxel standard deviation (uncertainty, even at one step).",
     ),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (cuda if available)."),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -185,9 +186,14 @@ class EMA:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Constant after a linear warm-up of ``optim.warmup_steps``."""
+    """A linear warm-up over ``optim.warmup_steps``, then constant or (``optim.decay``) a cosine to 0 at ``steps``."""
     warm = cfg.optim.warmup_steps
-    return cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else cfg.optim.lr
+    if step < warm:
+        return cfg.optim.lr * (step + 1) / warm
+    if cfg.optim.decay == "cosine":
+        progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+        return cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.optim.lr
 
 
 def batch_loss(model: nn.Module, needs_time: bool, batch: dict, layout: str, diffusion: DiffusionConfig) -> Tensor:
