@@ -59,6 +59,7 @@ CASES = [
     *(Case("colin27-brain", axis, picture="model_card_brain.png" if axis == 2 else None) for axis in (2, 0, 1)),
     *(Case("colin27", axis, picture="model_card_head.png" if axis == 2 else None) for axis in (2, 0, 1)),
     Case("colin27-brain", 2, slices_mm=(4.0, 1.0)),
+    Case("colin27-brain", 2, samples=4),  # the default step, 4 mirror views: the uncertainty map
     Case("colin27-brain", 2, steps=20, samples=1),
     Case("colin27-brain", 2, steps=20, samples=4, picture="model_card_samples.png"),
     Case("colin27-brain", 2, steps=20, sampler="paper"),  # the paper's sampler, for comparison
