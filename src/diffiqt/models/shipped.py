@@ -201,8 +201,9 @@ def export_checkpoint(
         "dtype": dtype,
         "step": ckpt.step,
         "default": default,
-        "trained": summary or {},
+        # A summary's warning moves to the top, where diffiqt enhance reads it (Model.warning); the rest stays here.
+        "trained": {key: value for key, value in (summary or {}).items() if key != "warning"},
     }
-    if summary and "warning" in summary:  # what diffiqt enhance prints before trusting it (Model.warning)
+    if summary and "warning" in summary:
         card["warning"] = summary["warning"]
     return weights, save_json(card, folder / f"{name}.json")
