@@ -97,13 +97,34 @@ def test_training_blocks_have_the_slice_axis_last_and_start_on_a_thick_slice(mni
     rng = np.random.default_rng(1)
     corners = [random_corner(pair, block_shape(cfg), rng) for _ in range(20)]
     assert all(c[-1] % 8 == 0 and c[-1] + 64 <= 96 for c in corners)
-    # thick slices (where the condition equals the blurred truth's samples) sit at 0 mod 8 along the last axis
-    mixed = np.random.default_rng(2)
-    factors = {
-        simulate_pair(mni_crop, DataConfig(block_size=32, slice_block=64, lf_factors=[4.0, 8.0]), mixed).slice_step
-        for _ in range(6)
-    }
-    assert factors == {4.0, 8.0}
+
+
+def test_other_spacings_reach_a_folded_network_with_fold_voxels_per_thick_slice(mni_crop):
+    """x4 of 1 mm for a network folding 8: both images go onto 0.5 mm voxels along the slice axis, the scan's
+    thick slices (and the truth where they lie) on every 8th voxel, as enhancement would hand them over."""
+    cfg = DataConfig(block_size=32, slice_block=64, lf_axis=0, lf_factor=8.0, lf_factors=[4.0])
+    pair = simulate_pair(mni_crop, cfg, np.random.default_rng(0))
+    replay = np.random.default_rng(0)
+    replay.choice(cfg.lf_factors)  # the draws simulate_pair made before simulating
+    params = LowFieldParams.for_factor(4.0, 1.0, axis=0)
+    lf = simulate_low_field(mni_crop.t1, mni_crop.tissues, params, replay, upsample=False).lf.data
+    assert pair.slice_step == 8.0 and pair.target.shape == (112, 104, 8 * lf.shape[0])
+    np.testing.assert_allclose(pair.cond[..., ::8] * pair.scale, np.moveaxis(lf, 0, -1), atol=1e-3)
+    np.testing.assert_allclose(pair.target[..., ::8] * pair.scale, np.moveaxis(mni_crop.t1.data[::4], 0, -1), atol=1e-3)
+    # between thick slices the truth is interpolated, not repeated: the stretched anatomy is smooth
+    assert not np.allclose(pair.target[..., 1::8], pair.target[..., ::8])
+
+
+def test_a_folded_network_trains_on_its_fold_as_the_nominal_factor(folded_net):
+    from dataclasses import replace
+
+    from diffiqt.training.loop import resolve_layout
+
+    cfg = validate(resolve("cpu-lowfield"))
+    cfg = replace(cfg, data=replace(cfg.data, block_size=32, slice_block=64))
+    assert resolve_layout(folded_net, replace(cfg, data=replace(cfg.data, lf_factor=4.0))) == "volume"
+    with pytest.raises(ConfigError, match="set data.lf_factor to 4"):
+        resolve_layout(folded_net, cfg)  # the preset's x8 against a network folding 4
 
 
 def test_enhance_turns_the_slice_axis_last_for_a_folded_network_and_back(mni):

@@ -140,6 +140,11 @@ def resolve_layout(net: Network, cfg: TrainConfig) -> str:
             f"data.slice_block to a multiple of {fold * net.patch_size} and data.block_size to a "
             f"multiple of {net.patch_size}"
         )
+    if fold > 1 and abs(cfg.data.lf_factor - fold) > 1e-6:
+        raise ConfigError(
+            f"a network with slice_fold {fold} sees {fold} voxels per thick slice, as enhancement gives it: "
+            f"set data.lf_factor to {fold} (other spacings go in data.lf_factors)"
+        )
     if fold == 1 and cfg.data.slice_block is not None:
         raise ConfigError("data.slice_block is for networks with slice_fold > 1; leave it null")
     if layout == "patches" and cfg.data.block_size != 3 * net.patch_size:

@@ -4,7 +4,9 @@ Pipeline for one pair (:func:`make_pair`): a source brain (trimmed to its head
 plus a margin) -> torchio augmentation of the HF image and its tissue maps
 (random affine, sometimes an elastic deformation, bias field, gamma) -> the
 low-field simulator (:func:`diffiqt.simulation.simulate_low_field`, a fresh SNR
-draw each time) -> LF resampled (cubic) onto the HF grid -> both normalised by
+draw each time) -> LF resampled (cubic) onto the HF grid (for a network on the
+low-field grid at a factor other than its fold: both onto the fold's grid, see
+:func:`simulate_pair`) -> both normalised by
 the LF's robust intensity (:func:`~diffiqt.preprocess.lf_scale`). Spatial and intensity
 augmentation happen before simulation, so HF and LF always match.
 
@@ -33,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from diffiqt.anatomy.brains import BrainSample, TissueMaps, crop_sample, held_out_identity, load_sources
 from diffiqt.config import AugmentConfig, DataConfig
 from diffiqt.errors import ConfigError
-from diffiqt.imaging.resample import mask_extent
+from diffiqt.imaging.resample import mask_extent, resample, to_isotropic
 from diffiqt.preprocess import foreground, lf_scale, normalise
 
 HEAD_MARGIN = 8  # voxels kept around the head when trimming a source
@@ -184,7 +186,12 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     """Simulate the LF of ``sample`` onto its grid and normalise both (no augmentation here).
 
     With ``cfg.slice_block`` the pair is turned so that its slice axis is last (what a network on the
-    low-field grid folds) and remembers where its thick slices lie.
+    low-field grid folds) and remembers where its thick slices lie. Such a network always gets
+    ``cfg.lf_factor`` voxels (its fold) per thick slice, as enhancement gives it
+    (:func:`diffiqt.inference.enhance.model_grid_mm`): a pair drawn at another factor from
+    ``cfg.lf_factors`` is resampled along the slice axis onto that grid, the scan with cubic splines as
+    enhancement does and the truth likewise, so that x5 of 1 mm trains on 0.625 mm voxels, anatomy
+    stretched 1.6 times, with its thick slices on the fold's phase 0.
     """
     from diffiqt.simulation import LowFieldParams, simulate_low_field
 
@@ -192,15 +199,23 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     factor = float(rng.choice(cfg.lf_factors)) if cfg.lf_factors else cfg.lf_factor
     voxel_mm = float(sample.t1.voxel_size[axis])
     params = LowFieldParams.for_factor(factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
-    result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=True)
-    assert result.lf_on_hf is not None  # upsample=True resamples the scan onto the HF grid
-    lf = result.lf_on_hf.data
+    stretch = cfg.slice_block is not None and abs(factor - cfg.lf_factor) > 1e-6
+    result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=not stretch)
+    if stretch:
+        grid_mm = sample.t1.voxel_size.astype(float)
+        grid_mm[axis] = params.spacing_mm / cfg.lf_factor
+        lf_volume = to_isotropic(result.lf, grid_mm)  # thick slice k on voxel k * lf_factor
+        hf = resample(sample.t1, lf_volume.affine, lf_volume.shape).data
+        lf = lf_volume.data
+    else:
+        assert result.lf_on_hf is not None  # upsample=True resamples the scan onto the HF grid
+        hf, lf = sample.t1.data, result.lf_on_hf.data
     scale = lf_scale(lf)
-    arrays = [normalise(sample.t1.data, scale), normalise(lf, scale), foreground(lf)]
+    arrays = [normalise(hf, scale), normalise(lf, scale), foreground(lf)]
     slice_step = None
     if cfg.slice_block is not None:
         arrays = [np.moveaxis(a, axis, -1) for a in arrays]
-        slice_step = params.spacing_mm / voxel_mm
+        slice_step = cfg.lf_factor if stretch else params.spacing_mm / voxel_mm
     shape = block_shape(cfg)
     return Pair(
         target=_pad_to(arrays[0], shape, 0.0),
