@@ -215,7 +215,7 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     slice_step = None
     if cfg.slice_block is not None:
         arrays = [np.moveaxis(a, axis, -1) for a in arrays]
-        slice_step = cfg.lf_factor if stretch else params.spacing_mm / voxel_mm
+        slice_step = cfg.lf_factor  # unstretched, the factor drawn is lf_factor itself
     shape = block_shape(cfg)
     return Pair(
         target=_pad_to(arrays[0], shape, 0.0),
