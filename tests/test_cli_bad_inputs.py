@@ -102,5 +102,6 @@ def test_bad_option_values_are_refused(tmp_path):
     source = _nifti(tmp_path / "brain.nii.gz", _brainish())
     _assert_clean_failure(run_cli("simulate", source, "-o", tmp_path / "o.nii.gz", "--axis", "diagonal"), "--axis")
     _assert_clean_failure(run_cli("simulate", source, "-o", tmp_path / "o.nii.gz", "--snr-wm", "60"), "SNR")
+    _assert_clean_failure(run_cli("simulate", source, "-o", tmp_path / "o.nii.gz", "--inplane", "0"), "in-plane")
     _assert_clean_failure(run_cli("simulate", source, "-o", tmp_path / "o.png"), "must end in")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brain.nii.gz"]

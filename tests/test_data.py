@@ -159,6 +159,19 @@ def test_training_and_validation_from_config(mni):
     assert blocks["target"].shape == (2, 1, 24, 24, 24) and blocks["mask"].dtype == torch.bool
 
 
+def test_validation_blocks_stay_at_the_nominal_factor_and_voxel(mni_crop):
+    """A run that trains on a spread of spacings and in-plane voxels validates on the blocks a run without one
+    validates on, so that its curve can be compared with the curve of the run it continues."""
+    cfg = small_cfg()
+    spread = replace(cfg, lf_factors=[4.0, 5.0], inplane_mm=[1.5, 2.0])
+    nominal, drawn = (
+        pairs.validation_blocks([mni_crop], cfg, seed=0),
+        pairs.validation_blocks([mni_crop], spread, seed=0),
+    )
+    for key in nominal:
+        torch.testing.assert_close(drawn[key], nominal[key])
+
+
 def test_unknown_source_is_an_input_error(tmp_path):
     with pytest.raises(InputError):
         brains.load_sources([str(tmp_path / "missing.nii.gz")])

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from diffiqt.anatomy.brains import BrainSample, TissueMaps
+from diffiqt.errors import InputError
 from diffiqt.imaging.io import Volume
 from diffiqt.simulation import LowFieldParams, decimate, slice_profile_blur, simulate_low_field
 
@@ -153,8 +154,44 @@ def test_without_tissue_maps_they_are_estimated(mni_crop):
 
 
 def test_too_thin_volume_is_refused(mni_crop):
-    from diffiqt.errors import InputError
-
     thin = mni_crop.t1.crop((0, 0, 0), (96, 112, 6))
     with pytest.raises(InputError, match="too few"):
         simulate_low_field(thin, None, LowFieldParams.for_factor(8, 1.0), np.random.default_rng(0))
+
+
+def test_coarser_inplane_voxel_gives_a_coarse_grid_in_the_right_place(mni_crop):
+    hf = mni_crop.t1
+    params = LowFieldParams.for_factor(8, 1.0, axis=2, inplane_mm=1.5, snr_wm=60.0, snr_gm=50.0)
+    result = simulate_low_field(hf, mni_crop.tissues, params, np.random.default_rng(0))
+    np.testing.assert_allclose(result.lf.voxel_size, [1.5, 1.5, 8.0], atol=1e-6)
+    assert result.lf.shape[:2] == tuple(int(np.floor((n - 1) / 1.5)) + 1 for n in hf.shape[:2])
+    # LF voxel (i, j, k) lies where HF voxel (1.5 i, 1.5 j, 8 k) lay, the same world point
+    np.testing.assert_allclose(result.lf.voxel_to_world([4, 6, 2]), hf.voxel_to_world([6, 9, 16]), atol=1e-6)
+    assert result.lf_on_hf.shape == hf.shape
+    assert result.info["inplane_step_voxels"] == {"0": pytest.approx(1.5), "1": pytest.approx(1.5)}
+
+
+def test_coarser_inplane_voxel_removes_inplane_detail_only(mni_crop):
+    """A 1-voxel checkerboard in-plane is erased by a 2 mm voxel; with the HF's own voxel it survives."""
+    hf = mni_crop.t1
+    i, j, _ = np.indices(hf.shape)
+    pattern = np.where((i + j) % 2 == 0, 1.0, 0.5).astype(np.float32)
+    striped = Volume(pattern, hf.affine)
+    quiet = dict(snr_wm=1e6, snr_gm=1e6)
+    fine = simulate_low_field(
+        striped, mni_crop.tissues, LowFieldParams.for_factor(8, 1.0, **quiet), np.random.default_rng(0)
+    )
+    assert np.ptp(fine.lf_on_hf.data[20:40, 20:40, 16]) > 0.4  # a 1 mm scan keeps the checkerboard
+    same = LowFieldParams.for_factor(8, 1.0, inplane_mm=0.7, **quiet)  # finer than the truth: left as it is
+    np.testing.assert_array_equal(
+        simulate_low_field(striped, mni_crop.tissues, same, np.random.default_rng(0)).lf.data, fine.lf.data
+    )
+    coarse = LowFieldParams.for_factor(8, 1.0, inplane_mm=2.0, **quiet)
+    blurred = simulate_low_field(striped, mni_crop.tissues, coarse, np.random.default_rng(0)).lf_on_hf.data
+    inside = blurred[20:40, 20:40, 16]
+    assert np.ptp(inside) < 0.1 * np.ptp(fine.lf_on_hf.data[20:40, 20:40, 16])
+
+
+def test_inplane_voxel_must_be_positive():
+    with pytest.raises(InputError, match="in-plane"):
+        LowFieldParams(inplane_mm=0.0)

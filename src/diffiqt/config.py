@@ -77,6 +77,10 @@ class DataConfig:
     # Non-empty: each simulated pair draws its factor from this list (repeat a value to weight it), so that
     # one model covers clinical spacings (x5 of 1 mm is a 5 mm spacing) besides the paper's x8.
     lf_factors: list[float] = field(default_factory=list)
+    # [low, high]: each simulated pair's in-plane voxel (mm) drawn uniformly from this range, so that scans of
+    # clinical in-plane resolution (1.2-1.5 mm) are inside the model's range; a voxel finer than the training
+    # brain's own leaves the pair as it is. Empty: the training brain's voxel.
+    inplane_mm: list[float] = field(default_factory=list)
     lf_axis: int | None = 2  # slice axis of the RAS+ volume (2: axial); None: a random axis per simulated pair
     snr_wm: float | None = None  # None: drawn per simulation from the T1w prior (Lin et al. 2023)
     snr_gm: float | None = None
@@ -288,6 +292,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)"),
         (cfg.data.lf_factor > 1.0, "data.lf_factor must be > 1"),
         (all(f > 1.0 for f in cfg.data.lf_factors), "data.lf_factors must all be > 1"),
+        (
+            not cfg.data.inplane_mm
+            or (len(cfg.data.inplane_mm) == 2 and 0 < cfg.data.inplane_mm[0] <= cfg.data.inplane_mm[1]),
+            "data.inplane_mm must be empty or [low, high] in mm with 0 < low <= high",
+        ),
         (cfg.data.slice_block is None or cfg.data.slice_block >= 8, "data.slice_block must be >= 8 (or null)"),
         (
             cfg.data.slice_block is None or not cfg.data.pairs_file,

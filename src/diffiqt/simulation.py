@@ -10,6 +10,11 @@ Steps, on a high-field (HF) T1w volume x with GM/WM/CSF maps pG, pW, pC:
    number of voxels this is plain slice keeping; otherwise the blurred volume is
    sampled linearly at the fractional positions. The LF affine places each kept
    slice at its true world position.
+   Our addition, optional (``inplane_mm``): an in-plane voxel coarser than the HF
+   one, as clinical scans have (1.2 to 1.5 mm). Each in-plane axis gets a Gaussian
+   blur that widens the HF voxel's own to the new one (FWHM sqrt(new^2 - old^2),
+   both read as FWHMs) and is decimated to it the same way, before the contrast
+   change and the noise, so that SNRs are those of the coarser voxel.
 3. **Contrast and noise**: with x~, pG~, pW~, pC~ blurred and decimated,
    muG (muW) the mean of x~ where pG~ > 0.9 (pW~ > 0.9), and (SNR_WM, SNR_GM)
    drawn per volume from the T1w bivariate normal prior (or given),
@@ -59,10 +64,13 @@ class LowFieldParams:
     axis: int = 2
     snr_wm: float | None = None
     snr_gm: float | None = None
+    inplane_mm: float | None = None  # in-plane voxel of the scan; None or finer than the HF voxel: the HF's own
 
     def __post_init__(self) -> None:
         if self.thickness_mm <= 0 or self.gap_mm < 0:
             raise InputError(f"slice thickness must be > 0 and gap >= 0 (got {self.thickness_mm}, {self.gap_mm})")
+        if self.inplane_mm is not None and not self.inplane_mm > 0:
+            raise InputError(f"the in-plane voxel size must be > 0 mm (got {self.inplane_mm})")
         if self.axis not in (0, 1, 2):
             raise InputError(f"slice axis must be 0, 1 or 2 (got {self.axis})")
         for name in ("snr_wm", "snr_gm"):
@@ -132,6 +140,22 @@ def decimated_affine(affine: np.ndarray, axis: int, step: float) -> np.ndarray:
     return out
 
 
+def inplane_steps(voxel_size: np.ndarray, axis: int, inplane_mm: float | None) -> dict[int, float]:
+    """Decimation step (in HF voxels) of each in-plane axis that ``inplane_mm`` coarsens; {} if none does."""
+    if inplane_mm is None:
+        return {}
+    return {
+        a: inplane_mm / float(voxel_size[a]) for a in range(3) if a != axis and inplane_mm > voxel_size[a] * (1 + 1e-6)
+    }
+
+
+def coarsen(data: np.ndarray, steps: dict[int, float]) -> np.ndarray:
+    """Blur each axis of ``steps`` from a 1-voxel to a ``step``-voxel FWHM, then keep one voxel every ``step``."""
+    for axis, step in steps.items():
+        data = decimate(slice_profile_blur(data, axis, float(np.sqrt(step**2 - 1.0))), axis, step)
+    return data
+
+
 def upsample_to_grid(lf: np.ndarray, axis: int, step: float, n: int) -> np.ndarray:
     """Cubic-spline resampling of the thick-slice volume back onto the ``n`` HF slices."""
     zoom = np.ones(3)
@@ -176,8 +200,9 @@ def simulate_low_field(
             f"the volume has {hf.shape[axis]} slices along axis {axis}: too few for a {params.spacing_mm} mm slice spacing"
         )
     maps, tissue_source = resolve_tissues(hf, tissues)
-    x_lf = decimate(slice_profile_blur(hf.data, axis, fwhm_vox), axis, step)
-    p = {k: decimate(slice_profile_blur(v, axis, fwhm_vox), axis, step) for k, v in maps.items()}
+    inplane = inplane_steps(hf.voxel_size, axis, params.inplane_mm)
+    x_lf = coarsen(decimate(slice_profile_blur(hf.data, axis, fwhm_vox), axis, step), inplane)
+    p = {k: coarsen(decimate(slice_profile_blur(v, axis, fwhm_vox), axis, step), inplane) for k, v in maps.items()}
     if (params.snr_wm is None) != (params.snr_gm is None):
         raise InputError("give both SNR_WM and SNR_GM, or neither (then both are drawn)")
     if params.snr_wm is not None and params.snr_gm is not None:
@@ -189,8 +214,17 @@ def simulate_low_field(
     rest = np.clip(1.0 - p["gm"] - p["wm"] - p["csf"], 0.0, 1.0)
     weight = p["gm"] + (snr_wm * sigma / mu_wm) * p["wm"] + p["csf"] + rest
     lf = (weight * x_lf + sigma * rng.standard_normal(x_lf.shape, dtype=np.float32)).astype(np.float32)
-    lf_volume = Volume(lf, decimated_affine(hf.affine, axis, step))
-    on_hf = Volume(upsample_to_grid(lf, axis, step, hf.shape[axis]), hf.affine, hf.source) if upsample else None
+    steps = {axis: step, **inplane}
+    affine = hf.affine
+    for a, s in steps.items():
+        affine = decimated_affine(affine, a, s)
+    lf_volume = Volume(lf, affine)
+    on_hf = None
+    if upsample:
+        on_hf_data = lf
+        for a, s in steps.items():
+            on_hf_data = upsample_to_grid(on_hf_data, a, s, hf.shape[a])
+        on_hf = Volume(on_hf_data, hf.affine, hf.source)
     info = {
         **asdict(params),
         "snr_wm": snr_wm,
@@ -200,6 +234,7 @@ def simulate_low_field(
         "mu_wm": mu_wm,
         "slice_fwhm_voxels": fwhm_vox,
         "slice_step_voxels": step,
+        "inplane_step_voxels": {str(a): s for a, s in inplane.items()},
         "tissue_maps": tissue_source,
     }
     return LowFieldResult(lf_volume, on_hf, info)

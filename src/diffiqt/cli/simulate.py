@@ -39,6 +39,11 @@ def simulate(
         None, help="White-matter SNR; with --snr-gm fixes both instead of drawing them from the T1w prior."
     ),
     snr_gm: float = typer.Option(None, help="Grey-matter SNR (see --snr-wm)."),
+    inplane: float = typer.Option(
+        None,
+        help="In-plane voxel size of the simulated scan in mm (clinical scans: 1.2-1.5); default: the input's own. "
+        "The output keeps this grid; --upsample brings it back onto the input's.",
+    ),
     seed: int = typer.Option(0, help="Random seed (noise and SNR draws); each file's stream also depends on its name."),
     upsample: bool = typer.Option(
         True, help="Also write the LF resampled (cubic) onto the HF grid as *_upsampled: the network's condition."
@@ -77,10 +82,17 @@ def simulate(
     axis_index = parse_axis(axis)
     check_seed(seed)
     path = Path(source)
+    params = partial(
+        lowfield_params,
+        thickness=thickness,
+        gap=gap,
+        factor=factor,
+        axis=axis_index,
+        snr_wm=snr_wm,
+        snr_gm=snr_gm,
+        inplane=inplane,
+    )
     if bids_mode(path, participant_label, session_label):  # a folder with dataset_description.json: see cli/bids.py
-        params = partial(
-            lowfield_params, thickness=thickness, gap=gap, factor=factor, axis=axis_index, snr_wm=snr_wm, snr_gm=snr_gm
-        )
         return simulate_dataset(
             path,
             out,
@@ -107,21 +119,7 @@ def simulate(
             for file, target in jobs:
                 try:
                     sample = brains.load_user_volume(file)
-                    _simulate_one(
-                        sample,
-                        target,
-                        [file],
-                        thickness,
-                        gap,
-                        factor,
-                        axis_index,
-                        snr_wm,
-                        snr_gm,
-                        seed,
-                        seed_for(seed, file.name),
-                        upsample,
-                        png,
-                    )
+                    _simulate_one(sample, target, [file], params, seed, seed_for(seed, file.name), upsample, png)
                 except DiffiqtError as exc:
                     failures.append(str(exc))
                     bar.console.print(f"[red]skipped[/red] {exc}")
@@ -134,21 +132,7 @@ def simulate(
         sample = brains.load_user_volume(path)
     else:
         sample = brains.load_bundled(source)
-    _simulate_one(
-        sample,
-        out,
-        [path],
-        thickness,
-        gap,
-        factor,
-        axis_index,
-        snr_wm,
-        snr_gm,
-        seed,
-        seed_for(seed, sample.name),
-        upsample,
-        png,
-    )
+    _simulate_one(sample, out, [path], params, seed, seed_for(seed, sample.name), upsample, png)
 
 
 def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
@@ -164,18 +148,30 @@ def outputs_of(out: Path, upsample: bool, png: bool) -> list[Path]:
 
 
 def lowfield_params(
-    t1, thickness: float, gap: float, factor: float | None, axis: int, snr_wm: float | None, snr_gm: float | None
+    t1,
+    thickness: float,
+    gap: float,
+    factor: float | None,
+    axis: int,
+    snr_wm: float | None,
+    snr_gm: float | None,
+    inplane: float | None = None,
 ):
     """The simulation's parameters for the HF volume ``t1``: --factor is relative to its voxel size."""
     from diffiqt.simulation import LowFieldParams
 
     if factor is not None:
-        return LowFieldParams.for_factor(factor, float(t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
-    return LowFieldParams(thickness_mm=thickness, gap_mm=gap, axis=axis, snr_wm=snr_wm, snr_gm=snr_gm)
+        return LowFieldParams.for_factor(
+            factor, float(t1.voxel_size[axis]), axis=axis, snr_wm=snr_wm, snr_gm=snr_gm, inplane_mm=inplane
+        )
+    return LowFieldParams(
+        thickness_mm=thickness, gap_mm=gap, axis=axis, snr_wm=snr_wm, snr_gm=snr_gm, inplane_mm=inplane
+    )
 
 
-def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_wm, snr_gm, seed, rng, upsample, png):
-    """Simulate one LF volume into ``out`` and its siblings (checked by the caller), all or none of them."""
+def _simulate_one(sample, out: Path, inputs, params, seed, rng, upsample, png):
+    """Simulate one LF volume into ``out`` and its siblings (checked by the caller), all or none of them;
+    ``params(t1)`` gives the simulation's parameters for the sample's volume."""
     from diffiqt import __version__
     from diffiqt.evaluation.figures import montage
     from diffiqt.imaging.io import OutputGroup, save_json, save_volume, sibling_path
@@ -186,16 +182,17 @@ def _simulate_one(sample, out: Path, inputs, thickness, gap, factor, axis, snr_w
         sibling_path(out, "", ".json"),
         sibling_path(out, "_montage", ".png"),
     )
-    params = lowfield_params(sample.t1, thickness, gap, factor, axis, snr_wm, snr_gm)
-    result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=upsample)
+    chosen = params(sample.t1)
+    result = simulate_low_field(sample.t1, sample.tissues, chosen, rng, upsample=upsample)
     with OutputGroup() as written:
         written.add(save_volume(result.lf, out, inputs=inputs))
         if result.lf_on_hf is not None:
             written.add(save_volume(result.lf_on_hf, up_path, inputs=inputs))
         if png:
             panels = [("high field", sample.t1), ("low field (simulated)", result.lf)]
-            step = params.spacing_mm / sample.t1.voxel_size[axis]
-            written.add(montage(panels, png_path, title=f"{sample.name}: x{step:.3g} decimation, axis {axis}"))
+            step = chosen.spacing_mm / sample.t1.voxel_size[chosen.axis]
+            title = f"{sample.name}: x{step:.3g} decimation, axis {chosen.axis}"
+            written.add(montage(panels, png_path, title=title))
         source = str(inputs[0]) if inputs[0].exists() else f"bundled:{sample.name}"
         sidecar = {
             "diffiqt_version": __version__,

@@ -191,14 +191,19 @@ def simulate_pair(sample: BrainSample, cfg: DataConfig, rng: np.random.Generator
     (:func:`diffiqt.inference.enhance.model_grid_mm`): a pair drawn at another factor from
     ``cfg.lf_factors`` is resampled along the slice axis onto that grid, the scan with cubic splines as
     enhancement does and the truth likewise, so that x5 of 1 mm trains on 0.625 mm voxels, anatomy
-    stretched 1.6 times, with its thick slices on the fold's phase 0.
+    stretched 1.6 times, with its thick slices on the fold's phase 0. With ``cfg.inplane_mm`` the scan is
+    simulated at a coarser in-plane voxel and resampled (cubic) onto the truth's in-plane grid, as
+    enhancement resamples such a scan to 1 mm.
     """
     from diffiqt.simulation import LowFieldParams, simulate_low_field
 
     axis = cfg.lf_axis if cfg.lf_axis is not None else int(rng.integers(3))
     factor = float(rng.choice(cfg.lf_factors)) if cfg.lf_factors else cfg.lf_factor
+    inplane_mm = float(rng.uniform(cfg.inplane_mm[0], cfg.inplane_mm[1])) if cfg.inplane_mm else None
     voxel_mm = float(sample.t1.voxel_size[axis])
-    params = LowFieldParams.for_factor(factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm)
+    params = LowFieldParams.for_factor(
+        factor, voxel_mm, axis=axis, snr_wm=cfg.snr_wm, snr_gm=cfg.snr_gm, inplane_mm=inplane_mm
+    )
     stretch = cfg.slice_block is not None and abs(factor - cfg.lf_factor) > 1e-6
     result = simulate_low_field(sample.t1, sample.tissues, params, rng, upsample=not stretch)
     if stretch:
@@ -385,8 +390,11 @@ def validation_blocks(samples: list[BrainSample], cfg: DataConfig, seed: int) ->
     """Fixed held-out blocks {"target", "cond", "mask"}: [N, 1, S, S, S] (mask bool).
 
     Each validation brain is simulated once (no augmentation, seeded) and
-    ``val_blocks`` blocks are cut around random head voxels.
+    ``val_blocks`` blocks are cut around random head voxels. Always at ``cfg.lf_factor`` and the brain's own
+    in-plane voxel, whatever spread of factors and voxels training draws from, so that the curves of runs
+    with different spreads (and of a run and the one it continues) score the same blocks.
     """
+    cfg = replace(cfg, lf_factors=[], inplane_mm=[])
     blocks = []
     for index, sample in enumerate(samples):
         rng = np.random.default_rng([seed, _VALIDATION, index])
