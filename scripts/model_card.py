@@ -41,6 +41,7 @@ class Case:
     brain: str
     axis: int
     slices_mm: tuple[float, float] | None = None  # (thickness, gap); None: x8 at the paper's 3:1 ratio
+    inplane_mm: float | None = None  # the scan's in-plane voxel; None: the brain's own (1 mm)
     steps: int | None = None  # None: the model's own
     sampler: str | None = None  # None: the model's own
     samples: int = 1
@@ -48,7 +49,8 @@ class Case:
 
     @property
     def spacing(self) -> str:
-        return "x8 (6+2 mm)" if self.slices_mm is None else f"{self.slices_mm[0]:g}+{self.slices_mm[1]:g} mm"
+        spacing = "x8 (6+2 mm)" if self.slices_mm is None else f"{self.slices_mm[0]:g}+{self.slices_mm[1]:g} mm"
+        return spacing if self.inplane_mm is None else f"{spacing}, {self.inplane_mm:g} mm in-plane"
 
     @property
     def factor(self) -> int:
@@ -63,6 +65,7 @@ CASES = [
     Case("colin27-brain", 2, steps=20, samples=1),
     Case("colin27-brain", 2, steps=20, samples=4, picture="model_card_samples.png"),
     Case("colin27-brain", 2, steps=20, sampler="paper"),  # the paper's sampler, for comparison
+    Case("colin27-brain", 2, inplane_mm=1.5),  # a clinical in-plane voxel, resampled to 1 mm by enhancement
 ]
 QUICK = [Case("colin27-brain", 2, picture="model_card_quick.png")]
 
@@ -131,7 +134,9 @@ def main() -> None:
     for case in cases:
         if case.factor not in linear:
             linear[case.factor] = linear_iqt_model(args.train_sources, case.factor, model.voxel_mm)
-        held = held_out_case(case.brain, seed=args.seed, axis=case.axis, slices_mm=case.slices_mm)
+        held = held_out_case(
+            case.brain, seed=args.seed, axis=case.axis, slices_mm=case.slices_mm, inplane_mm=case.inplane_mm
+        )
         steps, sampler = case.steps or model.steps, case.sampler or model.sampler
         result = run_held_out(
             held, model, EnhanceOptions(steps=steps, sampler=sampler, samples=case.samples, seed=args.seed)
@@ -144,6 +149,7 @@ def main() -> None:
                 "brain": case.brain,
                 "axis": case.axis,
                 "slices_mm": case.slices_mm,
+                "inplane_mm": case.inplane_mm,
                 "steps": steps,
                 "sampler": sampler,
                 "samples": case.samples,

@@ -37,12 +37,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1, help="samples averaged; > 1 also gives rho(sd, error)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, nargs="+", help="indices into CASES (default: all)")
+    parser.add_argument("--inplane", type=float, help="in-plane voxel of every scan in mm (default: the brain's own)")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args()
     held_out_identity().check(args.brain)  # the test brains never choose a model
     torch.manual_seed(args.seed)
     chosen = [CASES[i] for i in args.cases] if args.cases else CASES
-    cases = [held_out_case(args.brain, seed=args.seed, axis=axis, slices_mm=slices) for axis, slices in chosen]
+    cases = [
+        held_out_case(args.brain, seed=args.seed, axis=axis, slices_mm=slices, inplane_mm=args.inplane)
+        for axis, slices in chosen
+    ]
     results = {}
     print("| model | slices | " + " | ".join(f"{k} (Δ cubic)" for k in KEYS) + " |")
     print("|---|---|" + "---:|" * len(KEYS))
@@ -55,6 +59,8 @@ def main() -> None:
             )
             cubic, enhanced = result.scores["cubic"], result.scores["enhanced"]
             name = f"{AXES[axis]} {'x8' if slices is None else f'{slices[0]:g}+{slices[1]:g} mm'}"
+            if args.inplane:
+                name += f", {args.inplane:g} mm in-plane"
             cells = [f"{enhanced[k]:.3f} ({enhanced[k] - cubic[k]:+.3f})" for k in KEYS]  # type: ignore[operator]
             if "uncertainty_error_spearman" in enhanced:
                 cells.append(f"rho(sd, error) {enhanced['uncertainty_error_spearman']:.2f}")

@@ -64,11 +64,13 @@ def held_out_case(
     slab_mm: float | None = None,
     region: int | None = None,
     slices_mm: tuple[float, float] | None = None,
+    inplane_mm: float | None = None,
 ) -> HeldOutCase:
     """Brain ``name`` (a bundled name or a file with tissue maps beside it, see :func:`diffiqt.anatomy.brains.load_sources`)
     and its x8 scan along ``axis`` (or thick slices of ``slices_mm`` = (thickness, gap), e.g. (4, 1) for a
-    clinical 5 mm spacing); optionally only the central ``slab_mm``-thick slab across the slice axis
-    (a quicker demo) or the central ``region``³ cube (the CPU benchmark)."""
+    clinical 5 mm spacing), at the brain's own in-plane voxel or a coarser ``inplane_mm``; optionally only the
+    central ``slab_mm``-thick slab across the slice axis (a quicker demo) or the central ``region``³ cube
+    (the CPU benchmark)."""
     sample = load_sources([name])[0]
     if sample.tissues is None:
         raise InputError(f"{name}: tissue maps are needed to know where the brain is (see docs/data.md)")
@@ -78,9 +80,11 @@ def held_out_case(
     if region:
         sample = crop_sample(sample, *central_box(sample.mask, region))
     if slices_mm is None:
-        params = LowFieldParams.for_factor(LF_FACTOR, float(sample.t1.voxel_size[axis]), axis=axis)
+        params = LowFieldParams.for_factor(
+            LF_FACTOR, float(sample.t1.voxel_size[axis]), axis=axis, inplane_mm=inplane_mm
+        )
     else:
-        params = LowFieldParams(thickness_mm=slices_mm[0], gap_mm=slices_mm[1], axis=axis)
+        params = LowFieldParams(thickness_mm=slices_mm[0], gap_mm=slices_mm[1], axis=axis, inplane_mm=inplane_mm)
     result = simulate_low_field(sample.t1, sample.tissues, params, np.random.default_rng(seed), upsample=False)
     assert sample.tissues is not None  # checked above; cropping keeps the maps
     brain = (
