@@ -69,7 +69,8 @@ def simulate(
       diffiqt simulate sub-01_T1w.nii.gz -o sub-01_lf.nii.gz --png\n
       diffiqt simulate hf_folder/ -o lf_folder/ --factor 8 --seed 1\n
       diffiqt simulate bids_root/ -o bids_root/derivatives/diffiqt-lowfield --factor 8\n
-      diffiqt simulate mni152 -o mni_lf.nii.gz --snr-wm 60 --snr-gm 50
+      diffiqt simulate mni152 -o mni_lf.nii.gz --snr-wm 60 --snr-gm 50\n
+      diffiqt simulate sub-01_T1w.nii.gz -o lf.nii.gz --factor 5 --inplane 1.4
     """
     from functools import partial
 
