@@ -149,10 +149,11 @@ def inplane_steps(voxel_size: np.ndarray, axis: int, inplane_mm: float | None) -
     }
 
 
-def coarsen(data: np.ndarray, steps: dict[int, float]) -> np.ndarray:
-    """Blur each axis of ``steps`` from a 1-voxel to a ``step``-voxel FWHM, then keep one voxel every ``step``."""
-    for axis, step in steps.items():
-        data = decimate(slice_profile_blur(data, axis, float(np.sqrt(step**2 - 1.0))), axis, step)
+def acquire(data: np.ndarray, profile: dict[int, tuple[float, float]]) -> np.ndarray:
+    """Along each axis of ``profile`` = {axis: (FWHM, step)} in voxels, in order: Gaussian blur, then keep one
+    voxel every ``step`` (:func:`slice_profile_blur`, :func:`decimate`)."""
+    for axis, (fwhm_vox, step) in profile.items():
+        data = decimate(slice_profile_blur(data, axis, fwhm_vox), axis, step)
     return data
 
 
@@ -201,8 +202,10 @@ def simulate_low_field(
         )
     maps, tissue_source = resolve_tissues(hf, tissues)
     inplane = inplane_steps(hf.voxel_size, axis, params.inplane_mm)
-    x_lf = coarsen(decimate(slice_profile_blur(hf.data, axis, fwhm_vox), axis, step), inplane)
-    p = {k: coarsen(decimate(slice_profile_blur(v, axis, fwhm_vox), axis, step), inplane) for k, v in maps.items()}
+    # The slice profile along the slice axis; in-plane, a blur that widens the HF voxel (FWHM 1) to the new one.
+    profile = {axis: (fwhm_vox, step), **{a: (float(np.sqrt(s**2 - 1.0)), s) for a, s in inplane.items()}}
+    x_lf = acquire(hf.data, profile)
+    p = {k: acquire(v, profile) for k, v in maps.items()}
     if (params.snr_wm is None) != (params.snr_gm is None):
         raise InputError("give both SNR_WM and SNR_GM, or neither (then both are drawn)")
     if params.snr_wm is not None and params.snr_gm is not None:
@@ -214,16 +217,15 @@ def simulate_low_field(
     rest = np.clip(1.0 - p["gm"] - p["wm"] - p["csf"], 0.0, 1.0)
     weight = p["gm"] + (snr_wm * sigma / mu_wm) * p["wm"] + p["csf"] + rest
     lf = (weight * x_lf + sigma * rng.standard_normal(x_lf.shape, dtype=np.float32)).astype(np.float32)
-    steps = {axis: step, **inplane}
     affine = hf.affine
-    for a, s in steps.items():
-        affine = decimated_affine(affine, a, s)
+    for a, (_, kept) in profile.items():
+        affine = decimated_affine(affine, a, kept)
     lf_volume = Volume(lf, affine)
     on_hf = None
     if upsample:
         on_hf_data = lf
-        for a, s in steps.items():
-            on_hf_data = upsample_to_grid(on_hf_data, a, s, hf.shape[a])
+        for a, (_, kept) in profile.items():
+            on_hf_data = upsample_to_grid(on_hf_data, a, kept, hf.shape[a])
         on_hf = Volume(on_hf_data, hf.affine, hf.source)
     info = {
         **asdict(params),
