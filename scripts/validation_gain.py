@@ -1,7 +1,7 @@
 """Score models on a validation brain (never a test brain): gain over cubic interpolation, one line per case.
 
     python scripts/validation_gain.py --brain runs/brains-synth-val/synthseg-20.nii.gz \
-        --models t1w-x8-lowfield-cpu-v7 runs/lowfield-v8
+        --models t1w-x8-lowfield-cpu-v8 t1w-x8-lowfield-cpu-v7
 
 This is where recipe and checkpoint choices are made: on a brain kept out of training, with the cases of
 the model card (x8 along each axis, and 5 mm slices) and its metric protocols, so that the held-out
